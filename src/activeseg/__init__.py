@@ -1,0 +1,5 @@
+"""activeseg: deep active learning for biomedical image segmentation."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
