@@ -1,0 +1,1 @@
+"""Data: sources (BIDS microscopy, image/mask folders, synthetic phantom) and patches."""
