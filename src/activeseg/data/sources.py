@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from activeseg.data.images import IMAGE_SUFFIXES, read_image, read_mask
+from activeseg.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -25,3 +31,311 @@ class Sample:
     mask: np.ndarray
     pixel_size: float | None
     path: Path | None = None
+
+
+BIDS_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".ome.tif", ".ome.tiff")
+"""Image file extensions recognised in a BIDS microscopy ``micr`` folder."""
+
+MASK_SUFFIXES = ("_seg-myelin-manual", "_seg-myelin", "_mask")
+"""Stem suffixes a mask in a folder source may carry beyond its image's stem."""
+
+_UNIT_TO_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "nm": 1e-3, "mm": 1e3}
+_LAYOUTS = (
+    "'synthetic'; a BIDS microscopy folder (sub-*/micr/*_<MODALITY>.png with labels in "
+    "derivatives/labels/); or a folder with images/ and masks/ subfolders"
+)
+
+
+def load_source(
+    spec: str, *, pixel_size: float | None = None, modality: str = "SEM", seed: int = 0
+) -> list[Sample]:
+    """Load samples from ``"synthetic"`` (phantom), a BIDS folder or an images/masks folder.
+
+    Args:
+        spec: ``"synthetic"`` or a directory path. A directory with ``derivatives/`` or
+            ``sub-*`` folders is read as BIDS, one with ``images/`` as a folder source.
+        pixel_size: µm per pixel for a folder source, or the phantom's pixel size. BIDS
+            datasets take it from their sidecars, so passing it for BIDS is an error.
+        modality: BIDS suffix of the images (``"SEM"``, ``"TEM"``, ``"BF"``, …).
+        seed: phantom seed.
+
+    Returns:
+        Samples sorted by name.
+    """
+    if spec == "synthetic":
+        from activeseg.data.phantom import make_phantom  # phantom imports Sample from here
+
+        if pixel_size is None:
+            return make_phantom(seed=seed)
+        return make_phantom(seed=seed, pixel_size=_checked_pixel_size(pixel_size, "pixel_size"))
+    root = Path(spec).expanduser()
+    if not root.is_dir():
+        raise UserError(f"data source {spec!r} is not a directory; expected {_LAYOUTS}.")
+    if (root / "derivatives").is_dir() or any(p.is_dir() for p in root.glob("sub-*")):
+        if pixel_size is not None:
+            raise UserError(
+                f"{root} is a BIDS dataset: pixel sizes come from its JSON sidecars; "
+                "do not pass a pixel size."
+            )
+        return load_bids(root, modality=modality)
+    if (root / "images").is_dir():
+        return load_folder(root, pixel_size=pixel_size)
+    raise UserError(f"{root} has no recognised layout; expected {_LAYOUTS}.")
+
+
+def load_bids(
+    root: Path, modality: str = "SEM", label_suffix: str = "seg-myelin-manual"
+) -> list[Sample]:
+    """Load an AxonDeepSeg-style BIDS microscopy dataset.
+
+    Images: ``sub-*/[ses-*/]micr/<stem>.png|tif|tiff`` with ``<stem>`` ending in
+    ``_<modality>``. Labels: ``derivatives/labels/<same folder>/<stem>_<label_suffix>.png``
+    (``.tif``/``.tiff`` also accepted). An image without a label is skipped with a warning.
+
+    Pixel size (µm) comes from ``PixelSize`` ``[x, y]`` and ``PixelSizeUnits`` (``"um"``
+    default, ``"nm"``, ``"mm"``) of the JSON sidecars, merged by the BIDS inheritance
+    principle: the dataset-root ``<modality>.json``, then subject-level files such as
+    ``sub-rat3_SEM.json``, then the sample-level ``<stem>.json``; the more specific wins.
+
+    Sample names are the stems without ``_<modality>``, e.g. ``"sub-rat3_sample-data10"``.
+
+    Raises:
+        UserError: no images or no labelled images; missing, invalid or anisotropic pixel
+            size (naming the JSON); image/mask size mismatch (naming both files).
+    """
+    root = Path(root).absolute()
+    if not root.is_dir():
+        raise UserError(f"BIDS folder not found: {root}")
+    images = sorted(
+        path
+        for pattern in (f"sub-*/micr/*_{modality}.*", f"sub-*/ses-*/micr/*_{modality}.*")
+        for path in root.glob(pattern)
+        if _split_extension(path)[1] in BIDS_IMAGE_SUFFIXES
+    )
+    if not images:
+        raise UserError(
+            f"no {modality} images in {root}: expected files like "
+            f"sub-<id>/micr/sub-<id>_sample-<id>_{modality}.png (check the modality option)."
+        )
+    samples = []
+    for image_path in images:
+        stem = _split_extension(image_path)[0]
+        label_path = _find_label(root, image_path, f"{stem}_{label_suffix}")
+        if label_path is None:
+            warnings.warn(
+                f"{image_path}: no label {stem}_{label_suffix}.png under derivatives/labels; "
+                "image skipped.",
+                stacklevel=2,
+            )
+            continue
+        samples.append(
+            _make_sample(
+                name=stem.removesuffix(f"_{modality}"),
+                image_path=image_path,
+                mask_path=label_path,
+                pixel_size=_bids_pixel_size(root, image_path, modality),
+            )
+        )
+    if not samples:
+        raise UserError(
+            f"none of the {len(images)} {modality} images in {root} has a label "
+            f"'*_{label_suffix}.png' under derivatives/labels/ (check the label suffix)."
+        )
+    return _sorted_unique(samples)
+
+
+def load_folder(root: Path, pixel_size: float | None = None, mask_suffix: str = "") -> list[Sample]:
+    """Load ``root/images/*`` with ``root/masks/*`` paired by file stem.
+
+    A mask's stem is the image's stem, or the stem plus ``mask_suffix`` or one of
+    :data:`MASK_SUFFIXES` (e.g. ``a.png`` ↔ ``a_mask.png``). Sample names are image stems.
+
+    Args:
+        root: folder holding ``images/`` and ``masks/``.
+        pixel_size: µm per pixel for all images, or ``None`` when unknown.
+        mask_suffix: extra accepted mask-stem suffix, e.g. ``"_label"``.
+
+    Raises:
+        UserError: missing folders, no images, images without a mask, masks without an
+            image, an image with several masks, or image/mask size mismatch.
+    """
+    root = Path(root).absolute()
+    image_dir, mask_dir = root / "images", root / "masks"
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            raise UserError(f"folder {folder} not found: a folder source needs images/ and masks/.")
+    if pixel_size is not None:
+        pixel_size = _checked_pixel_size(pixel_size, "pixel_size")
+    images = {path.stem: path for path in _image_files(image_dir)}
+    if not images:
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
+    pairs = _pair_masks(images, _image_files(mask_dir), mask_suffix)
+    return _sorted_unique(
+        [
+            _make_sample(name=stem, image_path=images[stem], mask_path=mask, pixel_size=pixel_size)
+            for stem, mask in pairs.items()
+        ]
+    )
+
+
+def _pair_masks(images: dict[str, Path], masks: list[Path], mask_suffix: str) -> dict[str, Path]:
+    """Map each image stem to its one mask; raise listing every orphan or ambiguity."""
+    suffixes = tuple(s for s in (mask_suffix, *MASK_SUFFIXES) if s)
+    found: dict[str, list[Path]] = {stem: [] for stem in images}
+    orphan_masks = []
+    for mask in masks:
+        candidates = [mask.stem] + [
+            mask.stem.removesuffix(s) for s in suffixes if mask.stem.endswith(s)
+        ]
+        stem = next((c for c in candidates if c in images), None)
+        if stem is None:
+            orphan_masks.append(mask.name)
+        else:
+            found[stem].append(mask)
+    problems = []
+    if no_mask := sorted(images[s].name for s, m in found.items() if not m):
+        problems.append(f"images without a mask: {', '.join(no_mask)}")
+    if orphan_masks:
+        problems.append(f"masks without an image: {', '.join(sorted(orphan_masks))}")
+    if several := sorted(s for s, m in found.items() if len(m) > 1):
+        problems.append(f"images with several masks: {', '.join(several)}")
+    if problems:
+        raise UserError(
+            "; ".join(problems) + ". Each images/<name>.<ext> needs exactly one "
+            f"masks/<name>[suffix].<ext> (suffix one of {', '.join(suffixes)}); "
+            "add, rename or remove files."
+        )
+    return {stem: found[stem][0] for stem in images}
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Visible image files in ``folder`` (not recursive), sorted."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def _make_sample(name: str, image_path: Path, mask_path: Path, pixel_size: float | None) -> Sample:
+    """Read an image and its mask; raise if their shapes differ."""
+    image, mask = read_image(image_path), read_mask(mask_path)
+    if image.shape != mask.shape:
+        raise UserError(
+            f"image {image_path} is {image.shape[1]}×{image.shape[0]} pixels but its mask "
+            f"{mask_path} is {mask.shape[1]}×{mask.shape[0]}; they must match."
+        )
+    return Sample(name=name, image=image, mask=mask, pixel_size=pixel_size, path=image_path)
+
+
+def _sorted_unique(samples: list[Sample]) -> list[Sample]:
+    """Sort by name; raise if two samples share a name (splits group by name)."""
+    samples = sorted(samples, key=lambda s: s.name)
+    for first, second in zip(samples, samples[1:], strict=False):
+        if first.name == second.name:
+            raise UserError(
+                f"two images give the sample name {first.name!r}: {first.path} and "
+                f"{second.path}; keep one."
+            )
+    return samples
+
+
+def _split_extension(path: Path) -> tuple[str, str]:
+    """``("x_SEM", ".ome.tif")`` for ``x_SEM.ome.tif``; the extension is lower-cased."""
+    name = path.name
+    for ext in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)], ext
+    return path.stem, path.suffix.lower()
+
+
+def _find_label(root: Path, image_path: Path, label_stem: str) -> Path | None:
+    """The label file mirroring ``image_path`` under ``derivatives/labels``, if any."""
+    folder = root / "derivatives" / "labels" / image_path.parent.relative_to(root)
+    return next(
+        (
+            folder / f"{label_stem}{ext}"
+            for ext in (".png", ".tif", ".tiff")
+            if (folder / f"{label_stem}{ext}").is_file()
+        ),
+        None,
+    )
+
+
+def _bids_sidecars(root: Path, image_path: Path, modality: str) -> list[Path]:
+    """JSON sidecars applying to ``image_path``, most general first (BIDS inheritance).
+
+    A sidecar applies when it lies in the image's folder or a parent up to ``root``, has
+    the suffix ``modality`` and its entities (``sub-x``, ``sample-y``, …) are a subset of
+    the image's. Within a folder, fewer entities = more general.
+    """
+    image_entities = set(_split_extension(image_path)[0].split("_")[:-1])
+    folders = [image_path.parent, *image_path.parent.parents]
+    folders = folders[: folders.index(root) + 1][::-1]
+    found = []
+    for depth, folder in enumerate(folders):
+        for sidecar in folder.glob(f"*{modality}.json"):
+            *entities, suffix = sidecar.stem.split("_")
+            if suffix == modality and set(entities) <= image_entities:
+                found.append((depth, len(entities), sidecar))
+    return [sidecar for *_, sidecar in sorted(found)]
+
+
+def _bids_pixel_size(root: Path, image_path: Path, modality: str) -> float:
+    """Isotropic pixel size in µm from the merged sidecars of ``image_path``."""
+    sidecars = _bids_sidecars(root, image_path, modality)
+    merged: dict[str, object] = {}
+    origin: dict[str, Path] = {}
+    for sidecar in sidecars:
+        meta = _read_json(sidecar)
+        merged.update(meta)
+        origin.update(dict.fromkeys(meta, sidecar))
+    if "PixelSize" not in merged:
+        looked = ", ".join(str(p) for p in sidecars) or f"no {modality} sidecar found"
+        raise UserError(
+            f"no PixelSize for {image_path} (sidecars: {looked}); add "
+            '"PixelSize": [x, y] and "PixelSizeUnits": "um" to its JSON sidecar.'
+        )
+    where = origin["PixelSize"]
+    values = merged["PixelSize"]
+    values = values if isinstance(values, list) else [values]
+    if not 1 <= len(values) <= 3:
+        raise UserError(f'{where}: "PixelSize" must be a list [x, y], got {values!r}')
+    sizes = [_checked_pixel_size(v, f'"PixelSize" in {where}') for v in values[:2]]
+    if not math.isclose(min(sizes), max(sizes), rel_tol=1e-6):
+        raise UserError(
+            f'{where}: anisotropic "PixelSize" {values!r}; activeseg needs square pixels '
+            "(x = y): resample the image to square pixels and update the sidecar."
+        )
+    units = merged.get("PixelSizeUnits", "um")
+    if units not in _UNIT_TO_UM:
+        raise UserError(
+            f'{origin.get("PixelSizeUnits", where)}: unknown "PixelSizeUnits" {units!r}; '
+            f"use one of {_unit_names()}."
+        )
+    return sizes[0] * _UNIT_TO_UM[str(units)]
+
+
+def _read_json(path: Path) -> dict[str, object]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read JSON sidecar {path}: {exc}; fix its syntax.") from exc
+    if not isinstance(data, dict):
+        raise UserError(
+            f"JSON sidecar {path} must hold an object {{...}}, not {type(data).__name__}"
+        )
+    return data
+
+
+def _checked_pixel_size(value: object, where: str) -> float:
+    """``value`` as a positive finite float, else a UserError naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{where}: pixel size must be a positive number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"{where}: pixel size must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _unit_names() -> str:
+    return ", ".join(_UNIT_TO_UM)

@@ -1,0 +1,190 @@
+"""Reading images and masks from PNG/TIFF/JPEG files; writing masks atomically.
+
+Conventions: images are float32 ``[H, W]`` in [0, 1]; masks are uint8 ``[H, W]`` in {0, 1}
+(1 = foreground, e.g. myelin). Colour is reduced to luminance with the ITU-R 601 weights
+(0.299 R + 0.587 G + 0.114 B); alpha channels are dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from activeseg.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+"""File suffixes :func:`read_image` and :func:`read_mask` accept (lower case)."""
+
+_TIFF_SUFFIXES = (".tif", ".tiff")
+_LUMA_601 = np.array([0.299, 0.587, 0.114])
+_READ_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    tifffile.TiffFileError,
+    Image.DecompressionBombError,
+)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read a 2-D image as float32 ``[H, W]`` in [0, 1].
+
+    Gray is kept; colour becomes ITU-R 601 luminance; alpha is dropped. Integer images are
+    divided by their dtype maximum (uint8 / 255, uint16 / 65535). Float images already within
+    [0, 1] are kept; otherwise (floats, or signed integers with negative values) they are
+    min–max scaled to [0, 1] (a constant image becomes 0).
+
+    Raises:
+        UserError: the file is missing, unreadable, multi-page/3-D, or not finite.
+    """
+    raw = _read_raw(Path(path))
+    gray = _luminance(raw, path)
+    if not np.issubdtype(raw.dtype, np.floating):
+        gray = gray / _dtype_max(raw.dtype)
+    return _unit_range(gray).astype(np.float32)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Read a binary mask as uint8 ``[H, W]`` in {0, 1}.
+
+    Colour is converted to gray (alpha dropped), then binarised at half range: values above
+    0.5 if the maximum is <= 1, else above half the dtype range (127.5 for uint8, 32767.5 for
+    uint16; for floats half the maximum). Anti-aliased edges therefore snap to 0 or 1.
+
+    Raises:
+        UserError: the file is missing, unreadable, multi-page/3-D, or not finite.
+    """
+    raw = _read_raw(Path(path))
+    gray = _luminance(raw, path)
+    peak = float(gray.max()) if gray.size else 0.0
+    if peak <= 1:
+        threshold = 0.5
+    elif np.issubdtype(raw.dtype, np.floating):
+        threshold = peak / 2
+    else:
+        threshold = _dtype_max(raw.dtype) / 2
+    return (gray > threshold).astype(np.uint8)
+
+
+def write_mask_png(path: Path, mask: np.ndarray) -> None:
+    """Write a {0, 1} (or bool) mask ``[H, W]`` as an 8-bit PNG with values 0/255.
+
+    The file is written under a temporary name in the same folder, then renamed, so readers
+    never see a partial file. Missing parent folders are created.
+
+    Raises:
+        ValueError: ``mask`` is not 2-D or holds values other than 0 and 1.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D [H, W], got shape {mask.shape}")
+    if not np.isin(mask, (0, 1)).all():
+        raise ValueError("mask values must be 0 or 1")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(handle, format="PNG")
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    """Pixel array as stored: ``[H, W]`` or ``[H, W, C]`` (channels last), original dtype."""
+    if not path.is_file():
+        raise UserError(f"image file not found: {path}")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise UserError(
+            f"unsupported image type {path.suffix!r}: {path}; "
+            f"use one of {', '.join(IMAGE_SUFFIXES)}"
+        )
+    try:
+        if path.suffix.lower() in _TIFF_SUFFIXES:
+            return _read_tiff(path)
+        return _read_pillow(path)
+    except _READ_ERRORS as exc:
+        raise UserError(
+            f"cannot read image {path}: {exc}. The file may be truncated or not a valid "
+            f"{path.suffix.lstrip('.').upper()}; re-export or re-download it."
+        ) from exc
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """Read a single-page TIFF with tifffile; fall back to Pillow for codecs tifffile lacks.
+
+    (Without the optional ``imagecodecs`` package tifffile cannot decode e.g. LZW or JPEG
+    compression; Pillow can.)
+    """
+    with tifffile.TiffFile(path) as tif:
+        if len(tif.pages) > 1:
+            raise _not_2d(path, f"{len(tif.pages)} pages")
+        series = tif.series[0]
+        try:
+            data = series.asarray()
+        except ValueError as exc:
+            if "imagecodecs" not in str(exc):
+                raise
+            return _read_pillow(path)
+        axes = series.axes
+    extra = {ax: n for ax, n in zip(axes, data.shape, strict=True) if ax not in "YXS" and n > 1}
+    if extra:
+        raise _not_2d(path, f"axes {axes} with shape {data.shape}")
+    keep = [i for i, ax in enumerate(axes) if ax in "YXS"]
+    data = data.reshape([data.shape[i] for i in keep])
+    kept_axes = "".join(axes[i] for i in keep)
+    return np.moveaxis(data, kept_axes.index("S"), -1) if "S" in kept_axes else data
+
+
+def _read_pillow(path: Path) -> np.ndarray:
+    """Read with Pillow; palette/CMYK/other modes are converted to RGB(A) first."""
+    with Image.open(path) as img:
+        if getattr(img, "n_frames", 1) > 1:
+            raise _not_2d(path, f"{img.n_frames} frames")
+        if img.mode not in ("1", "L", "LA", "RGB", "RGBA", "I", "F") and not img.mode.startswith(
+            "I;16"
+        ):
+            img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
+        return np.asarray(img)
+
+
+def _not_2d(path: Path, what: str) -> UserError:
+    return UserError(
+        f"{path} holds {what}, but a single 2-D image is needed; "
+        "save one plane (one page, gray or RGB) per file."
+    )
+
+
+def _luminance(raw: np.ndarray, path: Path) -> np.ndarray:
+    """float64 ``[H, W]``: gray as is, gray+alpha without alpha, RGB(A) as 601 luminance."""
+    if raw.ndim == 3 and raw.shape[-1] in (1, 2):
+        gray = raw[..., 0].astype(np.float64)
+    elif raw.ndim == 3 and raw.shape[-1] in (3, 4):
+        gray = raw[..., :3].astype(np.float64) @ _LUMA_601
+    elif raw.ndim == 2:
+        gray = raw.astype(np.float64)
+    else:
+        raise _not_2d(path, f"an array of shape {raw.shape}")
+    if not np.isfinite(gray).all():
+        raise UserError(f"{path} contains NaN or infinite values; fix or re-export the image.")
+    return gray
+
+
+def _dtype_max(dtype: np.dtype) -> float:
+    """Full-scale value of an integer (or bool) dtype: 255 for uint8, 65535 for uint16."""
+    return 1.0 if dtype == np.bool_ else float(np.iinfo(dtype).max)
+
+
+def _unit_range(gray: np.ndarray) -> np.ndarray:
+    """Keep values already in [0, 1]; otherwise min–max scale to [0, 1] (constant → 0)."""
+    low, high = (float(gray.min()), float(gray.max())) if gray.size else (0.0, 0.0)
+    if low >= 0 and high <= 1:
+        return gray
+    return (gray - low) / (high - low) if high > low else np.zeros_like(gray)
