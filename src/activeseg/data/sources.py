@@ -47,7 +47,12 @@ _LAYOUTS = (
 
 
 def load_source(
-    spec: str, *, pixel_size: float | None = None, modality: str = "SEM", seed: int = 0
+    spec: str,
+    *,
+    pixel_size: float | None = None,
+    modality: str = "SEM",
+    label_suffix: str = "seg-myelin-manual",
+    seed: int = 0,
 ) -> list[Sample]:
     """Load samples from ``"synthetic"`` (phantom), a BIDS folder or an images/masks folder.
 
@@ -57,6 +62,7 @@ def load_source(
         pixel_size: µm per pixel for a folder source, or the phantom's pixel size. BIDS
             datasets take it from their sidecars, so passing it for BIDS is an error.
         modality: BIDS suffix of the images (``"SEM"``, ``"TEM"``, ``"BF"``, …).
+        label_suffix: BIDS derivative suffix of the masks.
         seed: phantom seed.
 
     Returns:
@@ -77,7 +83,7 @@ def load_source(
                 f"{root} is a BIDS dataset: pixel sizes come from its JSON sidecars; "
                 "do not pass a pixel size."
             )
-        return load_bids(root, modality=modality)
+        return load_bids(root, modality=modality, label_suffix=label_suffix)
     if (root / "images").is_dir():
         return load_folder(root, pixel_size=pixel_size)
     raise UserError(f"{root} has no recognised layout; expected {_LAYOUTS}.")

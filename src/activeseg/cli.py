@@ -1,0 +1,110 @@
+"""Command line: argument parsing only; every command calls a plain function.
+
+``main(argv) -> int`` returns the exit code: 0 on success, 2 for a user error (printed as one
+line naming the file or option, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from activeseg import __version__
+from activeseg.config import PRESETS, Config, parse_assignments, preset, save_yaml, with_overrides
+from activeseg.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="activeseg", description="Deep active learning for microscopy segmentation."
+    )
+    parser.add_argument("--version", action="version", version=f"activeseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("simulate", help="simulate active learning on labelled data")
+    sim.add_argument(
+        "--data", default="synthetic", help="BIDS or images/+masks/ folder, or 'synthetic'"
+    )
+    sim.add_argument("--preset", default="cpu", help=f"one of {', '.join(PRESETS)} (default cpu)")
+    sim.add_argument("--strategies", help="comma-separated, e.g. random,std_edt")
+    sim.add_argument("--repetitions", type=int)
+    sim.add_argument("--iterations", type=int)
+    sim.add_argument("-k", "--query-size", type=int, help="patches labelled per iteration")
+    sim.add_argument("--seed", type=int)
+    sim.add_argument("--pixel-size", type=float, help="µm per pixel of a plain folder's images")
+    sim.add_argument("--out", type=Path, required=True, help="run directory")
+    sim.add_argument("--resume", action="store_true", help="continue the run in --out")
+    sim.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set train.epochs=100",
+    )
+    sim.add_argument("--quiet", action="store_true", help="no progress output")
+
+    demo = sub.add_parser("demo", help="short simulation on the built-in synthetic phantom")
+    demo.add_argument("--out", type=Path, default=Path("activeseg-demo"))
+    demo.add_argument("--quiet", action="store_true")
+
+    show = sub.add_parser("config", help="print the resolved config of a preset as YAML")
+    show.add_argument("--preset", default="cpu")
+    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def simulate_config(args: argparse.Namespace) -> Config:
+    """The config of ``simulate``'s arguments: preset, then named flags, then ``--set``."""
+    flags = {
+        "data.source": args.data,
+        "data.source_pixel_size": args.pixel_size,
+        "loop.strategies": args.strategies,
+        "loop.repetitions": args.repetitions,
+        "loop.iterations": args.iterations,
+        "loop.query_size": args.query_size,
+        "loop.seed": args.seed,
+    }
+    given = {k: v for k, v in flags.items() if v is not None}
+    sets = parse_assignments(args.set)
+    clash = sorted(set(given) & set(sets))
+    if clash:
+        raise UserError(f"{', '.join(clash)} given both as a flag and with --set; give it once")
+    return with_overrides(with_overrides(preset(args.preset), given), sets)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UserError as exc:
+        print(f"activeseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("activeseg: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from activeseg.report import text_summary
+    from activeseg.simulate import simulate
+
+    if args.command == "config":
+        print(save_yaml(with_overrides(preset(args.preset), parse_assignments(args.set))), end="")
+        return 0
+    if args.command == "demo":
+        config = preset("demo")
+        out = simulate(
+            config, args.out, resume=(args.out / "config.yaml").exists(), progress=not args.quiet
+        )
+    else:
+        config = simulate_config(args)
+        out = simulate(config, args.out, resume=args.resume, progress=not args.quiet)
+    print(text_summary(out))
+    print(f"results: {out.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,284 @@
+"""Configuration: frozen dataclasses, presets as data, YAML in/out and dotted overrides.
+
+Every setting has one home here; the CLI only fills these fields. A preset is a dict of
+overrides applied to the defaults, so ``activeseg simulate --preset cpu --set train.steps=50``
+and a saved ``config.yaml`` describe a run completely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from activeseg.errors import UserError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they become patches.
+
+    ``n_initial / n_val / n_test / n_pool`` count patches; validation and test patches come from
+    source images that contribute nothing else (split by source image, fixed by ``split_seed``
+    for every strategy and repetition). ``n_pool = None`` puts every remaining patch in the pool.
+    """
+
+    source: str = "synthetic"  # a BIDS or images/+masks/ folder, or "synthetic"
+    modality: str = "SEM"  # BIDS image suffix, e.g. SEM, TEM, BF
+    label_suffix: str = "seg-myelin-manual"  # BIDS derivative label suffix
+    source_pixel_size: float | None = None  # µm; for plain folders (BIDS: JSON sidecars)
+    pixel_size: float | None = None  # target µm after resampling; None = keep native
+    patch_size: int = 512  # pixels (after resampling)
+    n_initial: int = 5
+    n_val: int = 10
+    n_test: int = 10
+    n_pool: int | None = 26
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The paper's U-Net: ``depth`` levels of ``base_filters * 2**i`` filters."""
+
+    depth: int = 5
+    base_filters: int = 32
+    dropout: float = 0.2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Adam with Keras-style time decay ``lr / (1 + decay * step)``, ``decay = lr / epochs``.
+
+    ``loss``: ``dice``; ``wbce`` (BCE weighted ``fg_weight`` on myelin, ``1 - fg_weight`` on
+    background; paper 0.3 / 0.7); ``dice_then_wbce`` (first half of the epochs Dice, then wBCE:
+    the paper's "successively"). The weights of the best validation Dice (checked every
+    ``validate_every`` steps and at the end) are kept.
+    """
+
+    loss: str = "dice"
+    fg_weight: float = 0.3
+    lr: float = 1e-2
+    epochs: int = 3500
+    steps_per_epoch: int = 2
+    batch_size: int = 5
+    augment: bool = True
+    validate_every: int = 50
+    precision: str = "auto"  # fp32 | bf16 | auto (bf16 only where the hardware has it)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """Monte-Carlo dropout: ``mc_samples`` stochastic passes, ``mc_batch`` per forward pass.
+
+    ``edt``: the distance weighting of ``std_edt`` — ``border`` (distance of each pixel to the
+    nearest border of the thresholded mean prediction, on both sides) or ``foreground``
+    (the paper text: distance inside the predicted myelin, zero elsewhere).
+    """
+
+    mc_samples: int = 50
+    mc_batch: int = 10
+    threshold: float = 0.5
+    edt: str = "border"
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """The active-learning protocol: strategies x repetitions x iterations, k per query."""
+
+    strategies: tuple[str, ...] = ("random", "std_edt")
+    repetitions: int = 10
+    iterations: int = 15
+    query_size: int = 1
+    seed: int = 0
+    save_maps: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+
+# Presets: overrides of the defaults (which are the paper's SBEM values).
+PRESETS: dict[str, dict[str, Any]] = {
+    # Table II (SBEM): 512x512 patches, batch 5, 3500 epochs x 2 steps, split 5/10/10/26.
+    "paper-sbem": {"loop.repetitions": 10},
+    # Table III (TEM): 800 epochs, split 2/2/20/72, 3 repetitions.
+    "paper-tem": {
+        "data.modality": "TEM",
+        "data.n_initial": 2,
+        "data.n_val": 2,
+        "data.n_test": 20,
+        "data.n_pool": 72,
+        "train.epochs": 800,
+        "loop.repetitions": 3,
+    },
+    # Reduced for a 2-core CPU; measured in README ("Presets").
+    "cpu": {
+        "data.pixel_size": 0.2,
+        "data.patch_size": 128,
+        "data.n_initial": 5,
+        "data.n_val": 10,
+        "data.n_test": 20,
+        "data.n_pool": 40,
+        "model.depth": 4,
+        "model.base_filters": 8,
+        "train.epochs": 60,
+        "train.steps_per_epoch": 2,
+        "train.batch_size": 8,
+        "train.validate_every": 10,
+        "scoring.mc_samples": 20,
+        "loop.repetitions": 3,
+    },
+    # A few minutes on 2 cores: the demo and the end-to-end tests.
+    "demo": {
+        "data.pixel_size": None,
+        "data.patch_size": 64,
+        "data.n_initial": 3,
+        "data.n_val": 6,
+        "data.n_test": 12,
+        "data.n_pool": 30,
+        "model.depth": 3,
+        "model.base_filters": 8,
+        "train.epochs": 40,
+        "train.batch_size": 8,
+        "train.validate_every": 10,
+        "scoring.mc_samples": 10,
+        "loop.repetitions": 2,
+        "loop.iterations": 5,
+    },
+}
+
+
+def preset(name: str) -> Config:
+    """The config of a named preset."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return with_overrides(Config(), PRESETS[name])
+
+
+def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """``config`` with dotted fields replaced, e.g. ``{"train.epochs": 10}``; values are
+    converted to the field's type (strings from the command line included)."""
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        sub = getattr(config, section, None) if name else None
+        names = {f.name: f for f in fields(sub)} if is_dataclass(sub) else {}
+        if name not in names:
+            raise UserError(f"unknown setting {key!r}; valid settings: {', '.join(all_keys())}")
+        typed = _convert(value, _field_type(type(sub), name), key)
+        updated: Any = replace(sub, **{name: typed})  # type: ignore[type-var]
+        config = replace(config, **{section: updated})
+    return config
+
+
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    """``["train.epochs=10", ...]`` -> ``{"train.epochs": "10"}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects key=value (e.g. train.epochs=10), got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def all_keys() -> list[str]:
+    cfg = Config()
+    return [
+        f"{section.name}.{f.name}"
+        for section in fields(cfg)
+        for f in fields(getattr(cfg, section.name))
+    ]
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Plain nested dict (tuples become lists) with the schema version."""
+    out = dataclasses.asdict(config)
+    out["loop"]["strategies"] = list(config.loop.strategies)
+    return {"schema": SCHEMA_VERSION, **out}
+
+
+def from_dict(data: dict[str, Any], where: str = "config") -> Config:
+    """Inverse of :func:`to_dict`; unknown keys or an unknown schema are a :class:`UserError`."""
+    data = dict(data)
+    schema = data.pop("schema", None)
+    if schema != SCHEMA_VERSION:
+        raise UserError(
+            f"{where}: config schema {schema!r} is not {SCHEMA_VERSION}; "
+            "it was written by another version of activeseg — start a new run directory"
+        )
+    flat = {
+        f"{section}.{key}": value
+        for section, values in data.items()
+        for key, value in (values or {}).items()
+    }
+    return with_overrides(Config(), flat)
+
+
+def save_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def load_yaml(path: Path) -> Config:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a config mapping")
+    return from_dict(data, str(path))
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """Convert ``value`` (possibly a command-line string) to the type ``hint``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(_convert(v.strip() if isinstance(v, str) else v, args[0], key) for v in items)
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if value.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"setting {key}: {value!r} is not a valid {hint.__name__}") from exc
+    raise TypeError(f"unsupported config type {hint!r} for {key}")

@@ -1,0 +1,136 @@
+"""The active-learning loop: train, evaluate, score the pool, query the oracle, repeat.
+
+The loop knows three protocols and no concrete class: a :class:`Learner` (trains on labelled
+patches, evaluates, gives MC statistics), an :class:`Oracle` (reveals masks) and a
+:class:`~activeseg.acquisition.Strategy`. Every random stream derives from
+``(seed, iteration, purpose)``, so a loop resumed from its records continues exactly as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from activeseg.acquisition import Scores, Strategy, select_top_k
+from activeseg.runtime import derive_seed, numpy_generator
+from activeseg.scoring import McStats
+
+
+class Learner(Protocol):
+    def fit(self, ids: np.ndarray, masks: np.ndarray, seed: int) -> dict[str, Any]:
+        """Train from scratch on patches ``ids`` with ``masks`` ``[k, 1, H, W]``."""
+        ...
+
+    def evaluate(self) -> dict[str, Any]:
+        """Test metrics of the current model."""
+        ...
+
+    def statistics(self, ids: np.ndarray, seed: int) -> McStats:
+        """MC statistics of patches ``ids``."""
+        ...
+
+
+class Oracle(Protocol):
+    def reveal(self, ids: np.ndarray) -> np.ndarray:
+        """Masks ``[k, 1, H, W]`` (uint8 {0, 1}) of patches ``ids``."""
+        ...
+
+
+@dataclass
+class LoopState:
+    """Labelled patch ids (in the order they were labelled) and the remaining pool."""
+
+    labelled: list[int]
+    pool: list[int]
+
+    def add(self, ids: Sequence[int]) -> None:
+        chosen = set(ids)
+        if not chosen <= set(self.pool):
+            raise ValueError(f"selected ids {sorted(chosen - set(self.pool))} are not in the pool")
+        self.labelled += list(ids)
+        self.pool = [i for i in self.pool if i not in chosen]
+
+
+@dataclass
+class Iteration:
+    """What one iteration produced: its record and, if scored, the pool's scores and stats."""
+
+    record: dict[str, Any]
+    pool: np.ndarray
+    scores: Scores | None = None
+    stats: McStats | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resume_state(
+    initial: Sequence[int], pool: Sequence[int], records: list[dict[str, Any]]
+) -> LoopState:
+    """The state after the iterations recorded in ``records`` (in order)."""
+    state = LoopState(list(initial), list(pool))
+    for n, record in enumerate(records):
+        if record["iteration"] != n or record["labelled"] != state.labelled:
+            raise ValueError(f"records are not a consistent sequence at iteration {n}")
+        state.add(record["selected"])
+    return state
+
+
+def run(
+    learner: Learner,
+    oracle: Oracle,
+    strategy: Strategy,
+    state: LoopState,
+    iterations: int,
+    query_size: int,
+    seed: int,
+    start: int = 0,
+    on_iteration: Callable[[Iteration], None] = lambda it: None,
+) -> LoopState:
+    """Run iterations ``start .. iterations`` (the last one trains and evaluates only).
+
+    Iteration ``i`` trains on ``state.labelled``, evaluates on the test set and, if
+    ``i < iterations``, selects ``query_size`` pool patches, which the oracle labels for
+    iteration ``i + 1``. ``on_iteration`` receives each :class:`Iteration` (to persist it)
+    before the state advances.
+    """
+    for i in range(start, iterations + 1):
+        labelled = np.asarray(state.labelled, dtype=np.int64)
+        t0 = time.perf_counter()
+        train_info = learner.fit(labelled, oracle.reveal(labelled), derive_seed(seed, i, "train"))
+        t1 = time.perf_counter()
+        metrics = learner.evaluate()
+        t2 = time.perf_counter()
+        pool = np.asarray(state.pool, dtype=np.int64)
+        scores: Scores | None = None
+        stats: McStats | None = None
+        selected: list[int] = []
+        selected_scores: list[float] = []
+        if i < iterations:
+            if strategy.needs_mc:
+                stats = learner.statistics(pool, derive_seed(seed, i, "mc"))
+            rng = numpy_generator(derive_seed(seed, i, "select"))
+            scores = strategy.score(stats, len(pool), rng)
+            chosen = select_top_k(scores.scores, query_size, rng)
+            selected = pool[chosen].tolist()
+            selected_scores = scores.scores[chosen].tolist()
+        t3 = time.perf_counter()
+        record = {
+            "strategy": strategy.name,
+            "iteration": i,
+            "n_labelled": len(state.labelled),
+            "labelled": list(state.labelled),
+            "selected": selected,
+            "selected_scores": selected_scores,
+            "pool_size": len(pool),
+            **metrics,
+            **train_info,
+            "seconds": {"train": t1 - t0, "eval": t2 - t1, "score": t3 - t2},
+        }
+        on_iteration(Iteration(record, pool, scores, stats))
+        if selected:
+            state.add(selected)
+    return state

@@ -1,0 +1,223 @@
+"""Training and evaluation of a segmentation model on in-memory patches.
+
+Knows nothing of active learning: :func:`fit` takes labelled patches and a validation set and
+returns the model with the weights of its best validation Dice.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss
+from torch import nn
+from tqdm.auto import tqdm
+
+from activeseg.config import TrainConfig
+from activeseg.errors import UserError
+from activeseg.metrics import confusion, summarize
+from activeseg.model import probabilities, seeded_dropout
+from activeseg.runtime import Runtime
+
+LOSSES = ("dice", "wbce", "dice_then_wbce")
+
+
+class WeightedBCE(nn.Module):
+    """Binary cross-entropy on logits ``[B, 1, H, W]`` weighting foreground pixels by
+    ``fg_weight`` and background pixels by ``1 - fg_weight`` (paper: 0.3 / 0.7)."""
+
+    def __init__(self, fg_weight: float = 0.3) -> None:
+        super().__init__()
+        if not 0.0 < fg_weight < 1.0:
+            raise ValueError(f"fg_weight must be in (0, 1), got {fg_weight}")
+        self.fg_weight = fg_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weight = target * self.fg_weight + (1.0 - target) * (1.0 - self.fg_weight)
+        return F.binary_cross_entropy_with_logits(logits, target, weight=weight)
+
+
+def make_loss(name: str, fg_weight: float) -> tuple[nn.Module, nn.Module]:
+    """Losses for the first and second half of training (equal unless ``dice_then_wbce``).
+
+    Dice is MONAI's ``DiceLoss`` over the whole batch (``batch=True``: patches without myelin
+    do not produce a degenerate per-item Dice), on sigmoid probabilities.
+    """
+    if name not in LOSSES:
+        raise UserError(f"train.loss: {name!r} is not one of {', '.join(LOSSES)}")
+    dice = DiceLoss(sigmoid=True, batch=True)
+    wbce = WeightedBCE(fg_weight)
+    first = wbce if name == "wbce" else dice
+    second = dice if name == "dice" else wbce
+    return first, second
+
+
+def augment(
+    images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random affine warp per item, identical for image and mask (never in place).
+
+    ``images`` float ``[B, 1, H, W]``, ``masks`` float {0, 1} ``[B, 1, H, W]``. The paper's
+    Keras augmentation: shift up to 10 %, rotation up to 10 degrees, horizontal/vertical flip,
+    zoom in [1/1.2, 1.2] (log-uniform). Borders replicate (Keras ``fill_mode="nearest"``). The
+    mask is warped bilinearly and thresholded at 0.5, so it stays binary.
+    """
+    b = images.shape[0]
+    u = torch.rand(b, 6, generator=generator, device=generator.device).to(images.device)
+    angle = (u[:, 0] * 2 - 1) * math.radians(10.0)
+    zoom = torch.exp((u[:, 1] * 2 - 1) * math.log(1.2))
+    shift = (u[:, 2:4] * 2 - 1) * 0.2  # normalised coordinates span 2: 10 % of the size
+    flip = torch.where(u[:, 4:6] < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack(
+        [
+            torch.stack([cos * flip[:, 0], -sin * flip[:, 1], shift[:, 0]], 1),
+            torch.stack([sin * flip[:, 0], cos * flip[:, 1], shift[:, 1]], 1),
+        ],
+        1,
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    warped = F.grid_sample(
+        torch.cat([images, masks], 1), grid, padding_mode="border", align_corners=False
+    )
+    return warped[:, :1].contiguous(memory_format=torch.channels_last), (warped[:, 1:] >= 0.5).to(
+        masks.dtype
+    )
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: steps run, best validation Dice and where, time in seconds."""
+
+    steps: int
+    best_val_dice: float
+    best_step: int
+    seconds: float
+    final_loss: float
+    history: list[tuple[int, float, float]] = field(default_factory=list)  # step, loss, val dice
+
+
+def fit(
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    val_images: torch.Tensor,
+    val_masks: torch.Tensor,
+    cfg: TrainConfig,
+    runtime: Runtime,
+    generator: torch.Generator,
+    progress: bool = False,
+) -> FitResult:
+    """Train ``model`` in place on ``images`` / ``masks`` ``[N, 1, H, W]`` (normalised images,
+    {0, 1} masks) and load the weights of its best validation Dice.
+
+    Batches are drawn without replacement from a reshuffled order (with replacement when
+    ``N < batch_size``); every random draw (order, augmentation, dropout) comes from
+    ``generator``. A non-finite loss stops training with a :class:`UserError`.
+    """
+    if len(images) == 0:
+        raise UserError("no labelled patches to train on")
+    start = time.perf_counter()
+    runtime.place(model)
+    images, masks = runtime.tensor(images), runtime.tensor(masks)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    decay = cfg.lr / max(cfg.epochs, 1)  # Keras time decay, per update step
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1.0 + decay * step))
+    losses = make_loss(cfg.loss, cfg.fg_weight)
+    total = cfg.steps
+    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
+    history: list[tuple[int, float, float]] = []
+    order = _batches(len(images), cfg.batch_size, generator)
+    loss_value = float("nan")
+    bar = tqdm(total=total, desc="train", leave=False, disable=not progress, unit="step")
+    with seeded_dropout(model, generator):
+        for step in range(1, total + 1):
+            model.train()
+            idx = next(order).to(images.device)
+            x, y = images[idx], masks[idx]
+            if cfg.augment:
+                x, y = augment(x, y, generator)
+            with runtime.autocast():
+                logits = model(x)
+            loss_fn = losses[0] if step <= total // 2 else losses[1]
+            loss = loss_fn(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise UserError(
+                    f"training diverged: loss is {loss.item()} at step {step}; "
+                    f"lower train.lr (now {cfg.lr})"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_value = float(loss.detach())
+            if step % cfg.validate_every == 0 or step == total:
+                dice = evaluate(model, val_images, val_masks, runtime)["dice"]
+                history.append((step, loss_value, dice))
+                if dice > best[0]:
+                    best = (dice, step, copy.deepcopy(model.state_dict()))
+                bar.set_postfix(loss=f"{loss_value:.3f}", val_dice=f"{dice:.3f}")
+            bar.update()
+    bar.close()
+    model.load_state_dict(best[2])
+    model.eval()
+    return FitResult(total, best[0], best[1], time.perf_counter() - start, loss_value, history)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless index batches ``[batch_size]``: reshuffled epochs, or with replacement if
+    ``n < batch_size``."""
+    while True:
+        if n < batch_size:
+            yield torch.randint(n, (batch_size,), generator=generator, device=generator.device)
+            continue
+        perm = torch.randperm(n, generator=generator, device=generator.device)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield perm[i : i + batch_size]
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module, images: torch.Tensor, runtime: Runtime, batch_size: int = 16
+) -> torch.Tensor:
+    """Deterministic probabilities ``[N, C, H, W]`` (float32, on the CPU) in evaluation mode."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = runtime.tensor(images[i : i + batch_size])
+        with runtime.autocast():
+            logits = model(x)
+        out.append(probabilities(logits.float()).cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    runtime: Runtime,
+    threshold: float = 0.5,
+) -> dict[str, float]:
+    """Metrics of the thresholded prediction over the whole set and as a per-patch mean
+    (see :func:`activeseg.metrics.summarize`)."""
+    counts = confusion_counts(model, images, masks, runtime, threshold)
+    return summarize(counts)
+
+
+def confusion_counts(
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    runtime: Runtime,
+    threshold: float = 0.5,
+) -> torch.Tensor:
+    """Per-patch (tp, fp, tn, fn) counts ``[N, 4]`` of the thresholded prediction."""
+    probs = predict(model, images, runtime)
+    return confusion(probs >= threshold, torch.as_tensor(masks).cpu() >= 0.5)
