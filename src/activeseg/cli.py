@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="simulate active learning on labelled data")
     sim.add_argument(
-        "--data", default="synthetic", help="BIDS or images/+masks/ folder, or 'synthetic'"
+        "--data", help="BIDS or images/+masks/ folder, or 'synthetic' (default: the preset's)"
     )
     sim.add_argument("--preset", default="cpu", help=f"one of {', '.join(PRESETS)} (default cpu)")
     sim.add_argument("--strategies", help="comma-separated, e.g. random,std_edt")

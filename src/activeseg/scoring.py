@@ -56,7 +56,8 @@ def mc_statistics(
         raise ValueError(f"need at least 2 MC samples for a std, got {samples}")
     if len(ids) != len(images):
         raise ValueError(f"{len(ids)} ids for {len(images)} images")
-    runtime.place(model)
+    with torch.inference_mode(False):  # weights converted here must stay trainable tensors
+        runtime.place(model)
     means, stds = [], []
     bar = tqdm(total=len(images), desc="MC scoring", leave=False, disable=not progress)
     for image, pid in zip(images, ids, strict=True):

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from activeseg import loop
-from activeseg.acquisition import get_strategy
+from activeseg.acquisition import EDT_MODES, get_strategy
 from activeseg.config import Config, DataConfig, to_dict
 from activeseg.data.patches import Normalizer, PatchSet, Split, resample, split_by_source, tile
 from activeseg.data.sources import load_source
@@ -27,7 +27,7 @@ from activeseg.model import UNet
 from activeseg.rundir import RunDirectory
 from activeseg.runtime import Runtime, derive_seed, resolve, torch_generator
 from activeseg.scoring import McStats, mc_statistics
-from activeseg.train import confusion_counts, fit
+from activeseg.train import LOSSES, confusion_counts, fit
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,10 @@ def validate(config: Config) -> None:
         ),
         (config.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (config.train.validate_every >= 1, "train.validate_every must be >= 1"),
+        (config.train.loss in LOSSES, f"train.loss must be one of {', '.join(LOSSES)}"),
+        (0.0 < config.train.fg_weight < 1.0, "train.fg_weight must be in (0, 1)"),
+        (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        (s.edt in EDT_MODES, f"scoring.edt must be one of {', '.join(EDT_MODES)}"),
         (
             config.data.patch_size % 2 ** (m.depth - 1) == 0,
             f"data.patch_size {config.data.patch_size} must be a multiple of "
@@ -192,13 +196,11 @@ def simulate(
         for n in config.loop.strategies
     ]
     lc = config.loop
+    data = prepare(config.data)  # before the run directory: bad data must not leave a run
+    if lc.iterations * lc.query_size > len(data.split.pool):
+        raise UserError(f"the pool holds {len(data.split.pool)} patches, fewer than iterations x k")
     with RunDirectory(out, config, resume) as run:
-        data = prepare(config.data)
         run.load_or_save_split(data.split.to_dict())
-        if lc.iterations * lc.query_size > len(data.split.pool):
-            raise UserError(
-                f"the pool holds {len(data.split.pool)} patches, fewer than iterations x k"
-            )
         log(
             f"data: {len(data.patches)} patches of {config.data.patch_size}px; "
             f"initial {len(data.split.initial)}, pool {len(data.split.pool)}, "

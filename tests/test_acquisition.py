@@ -1,0 +1,256 @@
+"""Acquisition: EDT weights on hand-made masks, the std_edt ranking on hand-made statistics,
+top-k selection and its tie-breaking, the registry."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from activeseg.acquisition import (
+    STRATEGIES,
+    RandomStrategy,
+    StdStrategy,
+    edt_weight,
+    get_strategy,
+    reduce_maps,
+    select_top_k,
+    std_map,
+)
+from activeseg.errors import UserError
+from activeseg.scoring import McStats
+
+# --------------------------------------------------------------------------- EDT weights
+
+
+def left_columns(width: int = 7, height: int = 7, fg_cols: int = 3) -> torch.Tensor:
+    """``[1, H, W]`` mask: foreground in the first ``fg_cols`` columns."""
+    mask = torch.zeros(1, height, width, dtype=torch.bool)
+    mask[:, :, :fg_cols] = True
+    return mask
+
+
+def test_border_weight_is_one_next_to_the_border_and_grows_away_from_it() -> None:
+    """Columns 0-2 foreground, 3-6 background: distance to the other class per column."""
+    weights = edt_weight(left_columns(), "border")
+    expected = torch.tensor([3.0, 2.0, 1.0, 1.0, 2.0, 3.0, 4.0]).expand(1, 7, 7)
+    assert weights.dtype == torch.float32
+    assert torch.equal(weights, expected)
+
+
+def test_foreground_weight_is_zero_on_background() -> None:
+    weights = edt_weight(left_columns(), "foreground")
+    expected = torch.tensor([3.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0]).expand(1, 7, 7)
+    assert torch.equal(weights, expected)
+
+
+def test_border_weight_around_a_single_pixel_is_euclidean() -> None:
+    mask = torch.zeros(1, 5, 5, dtype=torch.bool)
+    mask[0, 2, 2] = True
+    weights = edt_weight(mask, "border")[0]
+    assert weights[2, 2] == 1.0
+    assert weights[2, 3] == 1.0 and weights[1, 2] == 1.0
+    assert weights[1, 1] == pytest.approx(math.sqrt(2))
+    assert weights[0, 0] == pytest.approx(math.sqrt(8))
+    assert weights[0, 2] == 2.0
+
+
+@pytest.mark.parametrize("fill", [False, True])
+def test_patch_without_border_gets_the_diagonal(fill: bool) -> None:
+    mask = torch.full((1, 6, 8), fill, dtype=torch.bool)
+    assert torch.equal(edt_weight(mask, "border"), torch.full((1, 6, 8), 10.0))
+
+
+def test_foreground_mode_without_border() -> None:
+    empty = torch.zeros(1, 6, 8, dtype=torch.bool)
+    full = torch.ones(1, 6, 8, dtype=torch.bool)
+    assert torch.equal(edt_weight(empty, "foreground"), torch.zeros(1, 6, 8))
+    assert torch.equal(edt_weight(full, "foreground"), torch.full((1, 6, 8), 10.0))
+
+
+def test_edt_weight_treats_each_patch_alone() -> None:
+    masks = torch.cat([left_columns(), torch.zeros(1, 7, 7, dtype=torch.bool)])
+    weights = edt_weight(masks, "border")
+    assert torch.equal(weights[0], edt_weight(left_columns(), "border")[0])
+    assert torch.equal(weights[1], torch.full((7, 7), math.hypot(7, 7), dtype=torch.float32))
+
+
+def test_unknown_edt_mode_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="scoring.edt: 'inside' is not one of border, foreground"):
+        edt_weight(left_columns(), "inside")
+
+
+# --------------------------------------------------------------------------- std strategies
+
+
+def border_vs_blob_stats() -> McStats:
+    """Two 16x16 patches with the same mean prediction (myelin in columns 0-7).
+
+    A: std 0.2 on the two columns along the predicted border (7 and 8): inherent
+    uncertainty. B: std 0.2 on an 8x4 blob in the predicted background, 4-7 pixels from the
+    border: a confident-looking region the model is unsure of. Both std sums are 32 x 0.2.
+    """
+    mean = torch.full((2, 1, 16, 16), 0.1)
+    mean[:, :, :, :8] = 0.9
+    std = torch.zeros(2, 1, 16, 16)
+    std[0, 0, :, 7:9] = 0.2
+    std[1, 0, 4:12, 12:16] = 0.2
+    return McStats(mean, std, samples=10)
+
+
+def test_std_sum_ties_where_std_edt_prefers_the_blob_away_from_borders() -> None:
+    stats = border_vs_blob_stats()
+    rng = np.random.default_rng(0)
+    plain = get_strategy("std_sum").score(stats, 2, rng)
+    weighted = get_strategy("std_edt", edt="border").score(stats, 2, rng)
+    assert plain.scores[0] == plain.scores[1] == pytest.approx(6.4)
+    # A: 32 pixels of weight 1; B: 8 rows x 0.2 x (5 + 6 + 7 + 8).
+    np.testing.assert_allclose(weighted.scores, [6.4, 41.6], rtol=1e-6)
+    assert select_top_k(weighted.scores, 2, rng).tolist() == [1, 0]
+
+
+def test_foreground_edt_ignores_uncertainty_on_predicted_background() -> None:
+    stats = border_vs_blob_stats()
+    scores = get_strategy("std_edt", edt="foreground").score(stats, 2, np.random.default_rng(0))
+    np.testing.assert_allclose(scores.scores, [16 * 0.2 * 1.0, 0.0], rtol=1e-6)
+
+
+def test_std_edt_thresholds_the_mean_at_the_configured_threshold() -> None:
+    stats = border_vs_blob_stats()
+    strict = get_strategy("std_edt", edt="border", threshold=0.95)  # nothing is foreground
+    scores = strict.score(stats, 2, np.random.default_rng(0))
+    np.testing.assert_allclose(scores.scores, [6.4 * math.hypot(16, 16)] * 2, rtol=1e-6)
+
+
+def test_std_strategies_return_their_maps() -> None:
+    stats = border_vs_blob_stats()
+    rng = np.random.default_rng(0)
+    plain = get_strategy("std_sum").score(stats, 2, rng)
+    weighted = get_strategy("std_edt").score(stats, 2, rng)
+    assert plain.maps is not None and weighted.maps is not None
+    assert torch.equal(plain.maps, stats.std[:, 0])
+    assert weighted.maps.shape == (2, 16, 16)
+    assert plain.scores.dtype == np.float64
+
+
+def test_std_mean_is_std_sum_over_the_pixel_count() -> None:
+    stats = border_vs_blob_stats()
+    rng = np.random.default_rng(0)
+    total = get_strategy("std_sum").score(stats, 2, rng).scores
+    mean = get_strategy("std_mean").score(stats, 2, rng).scores
+    np.testing.assert_allclose(mean, total / 256)
+
+
+def test_std_map_averages_channels_of_a_softmax_model() -> None:
+    std = torch.zeros(1, 2, 2, 2)
+    std[0, 0] = 1.0
+    std[0, 1] = 3.0
+    stats = McStats(torch.full_like(std, 0.5), std, samples=2)
+    assert torch.equal(std_map(stats), torch.full((1, 2, 2), 2.0))
+
+
+def test_reduce_maps_rejects_unknown_reduction() -> None:
+    with pytest.raises(ValueError, match="unknown reduction 'max'"):
+        reduce_maps(torch.zeros(1, 2, 2), "max")
+
+
+def test_std_strategy_without_statistics_raises() -> None:
+    with pytest.raises(ValueError, match="std_sum needs MC statistics"):
+        StdStrategy("std_sum").score(None, 3, np.random.default_rng(0))
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def test_select_top_k_returns_highest_first() -> None:
+    scores = np.array([0.1, 0.9, 0.5, 0.7, 0.3])
+    assert select_top_k(scores, 3, np.random.default_rng(0)).tolist() == [1, 3, 2]
+
+
+def test_ties_are_broken_by_the_rng_never_above_a_higher_score() -> None:
+    scores = np.array([1.0, 5.0, 2.0, 5.0, 5.0, 0.0])
+    picks = set()
+    for seed in range(30):
+        chosen = select_top_k(scores, 2, np.random.default_rng(seed))
+        assert set(chosen.tolist()) <= {1, 3, 4}
+        picks.add(tuple(chosen.tolist()))
+        everything = select_top_k(scores, 6, np.random.default_rng(seed))
+        assert np.all(np.diff(scores[everything]) <= 0)
+    assert len(picks) > 1  # different seeds pick different tied patches
+
+
+def test_select_top_k_is_reproducible_for_one_rng_seed() -> None:
+    scores = np.zeros(20)
+    a = select_top_k(scores, 5, np.random.default_rng(4))
+    b = select_top_k(scores, 5, np.random.default_rng(4))
+    assert a.tolist() == b.tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    scores=st.lists(st.integers(0, 4), min_size=1, max_size=25).map(np.array),
+    k_fraction=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_selection_is_the_top_k_in_order(scores: np.ndarray, k_fraction: float, seed: int) -> None:
+    k = max(1, round(k_fraction * len(scores)))
+    chosen = select_top_k(scores, k, np.random.default_rng(seed))
+    assert len(chosen) == len(set(chosen.tolist())) == k
+    assert np.all(np.diff(scores[chosen]) <= 0)
+    rest = np.delete(scores, chosen)
+    assert len(rest) == 0 or scores[chosen].min() >= rest.max()
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_non_positive_k_is_a_user_error(k: int) -> None:
+    with pytest.raises(UserError, match="query size k must be >= 1"):
+        select_top_k(np.ones(3), k, np.random.default_rng(0))
+
+
+def test_k_above_the_pool_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="cannot select 4 patches from a pool of 3"):
+        select_top_k(np.ones(3), 4, np.random.default_rng(0))
+
+
+def test_random_strategy_is_reproducible_from_a_seeded_rng() -> None:
+    strategy = get_strategy("random")
+    a = strategy.score(None, 10, np.random.default_rng(1)).scores
+    b = strategy.score(None, 10, np.random.default_rng(1)).scores
+    c = strategy.score(None, 10, np.random.default_rng(2)).scores
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert strategy.score(None, 10, np.random.default_rng(1)).maps is None
+
+
+def test_random_selection_covers_the_pool() -> None:
+    strategy = RandomStrategy()
+    firsts = set()
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        firsts.add(int(select_top_k(strategy.score(None, 5, rng).scores, 1, rng)[0]))
+    assert firsts == set(range(5))
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_registry_names_and_needs() -> None:
+    assert set(STRATEGIES) == {"random", "std_sum", "std_mean", "std_edt"}
+    for name in STRATEGIES:
+        strategy = get_strategy(name)
+        assert strategy.name == name
+        assert strategy.needs_mc is (name != "random")
+
+
+def test_get_strategy_passes_edt_mode_and_threshold() -> None:
+    strategy = get_strategy("std_edt", edt="foreground", threshold=0.3)
+    assert isinstance(strategy, StdStrategy)
+    assert (strategy.edt, strategy.threshold, strategy.reduction) == ("foreground", 0.3, "sum")
+
+
+def test_unknown_strategy_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="unknown strategy 'bald'; choose from: random"):
+        get_strategy("bald")

@@ -1,0 +1,195 @@
+"""U-Net shapes and the MC-dropout switch: MC passes differ, plain passes repeat, BatchNorm
+stays frozen, the mode is restored, and the masks come from the given generator."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import Phantom, Trained, make_unet
+from torch import nn
+
+from activeseg.model import (
+    MCDropout,
+    UNet,
+    dropout_modules,
+    mc_dropout,
+    probabilities,
+    seeded_dropout,
+)
+from activeseg.runtime import torch_generator
+
+
+def batch(seed: int = 0, n: int = 2, size: int = 32) -> torch.Tensor:
+    return torch.randn(n, 1, size, size, generator=torch_generator(seed))
+
+
+def buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: b.clone() for name, b in model.named_buffers()}
+
+
+@torch.no_grad()
+def warmed_up(seed: int = 0, dropout: float = 0.2) -> UNet:
+    """A tiny U-Net whose BatchNorm running statistics are not the initial 0 / 1."""
+    model = make_unet(seed, dropout=dropout)
+    model.train()
+    with seeded_dropout(model, torch_generator(seed)):
+        model(batch(seed + 100, n=4))
+    return model
+
+
+def test_unet_maps_images_to_one_logit_channel_of_the_same_size() -> None:
+    model = make_unet()
+    assert model(batch(size=32)).shape == (2, 1, 32, 32)
+    assert model.divisor == 4
+
+
+def test_unet_with_two_output_channels_gives_softmax_probabilities() -> None:
+    model = UNet(1, 2, depth=2, base_filters=4)
+    probs = probabilities(model(batch(size=16)))
+    assert probs.shape == (2, 2, 16, 16)
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, 16, 16))
+
+
+def test_sigmoid_for_one_channel() -> None:
+    logits = torch.tensor([[[[0.0, 2.0]]]])
+    torch.testing.assert_close(probabilities(logits), torch.sigmoid(logits))
+
+
+@pytest.mark.parametrize("depth", [0, 1])
+def test_unet_rejects_depth_below_two(depth: int) -> None:
+    with pytest.raises(ValueError, match="depth must be >= 2"):
+        UNet(depth=depth)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
+def test_dropout_rate_outside_unit_interval_is_rejected(p: float) -> None:
+    with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\)"):
+        MCDropout(p)
+
+
+def test_every_pooling_level_has_dropout_and_the_stem_none() -> None:
+    model = make_unet()
+    assert len(dropout_modules(model)) == model.depth - 1
+    assert dropout_modules(model.stem) == []
+
+
+def test_forward_from_stem_equals_forward() -> None:
+    model = warmed_up().eval()
+    x = batch(1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_from_stem(model.stem(x)), model(x))
+
+
+def test_plain_inference_repeats_exactly() -> None:
+    model = warmed_up().eval()
+    x = batch(1)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+def test_mc_passes_differ(trained: Trained, phantom: Phantom) -> None:
+    model = copy.deepcopy(trained.model).eval()
+    x = phantom.images[phantom.test[:2]]
+    with torch.no_grad(), mc_dropout(model, torch_generator(0)):
+        first, second = probabilities(model(x)), probabilities(model(x))
+    assert (first - second).abs().max() > 0.05  # a trained net's MC samples disagree visibly
+
+
+def test_mc_passes_with_zero_dropout_repeat() -> None:
+    model = warmed_up(dropout=0.0).eval()
+    x = batch(1)
+    with torch.no_grad(), mc_dropout(model, torch_generator(0)):
+        assert torch.equal(model(x), model(x))
+
+
+def test_same_generator_seed_gives_identical_mc_outputs() -> None:
+    model = warmed_up().eval()
+    x = batch(1)
+    outputs = []
+    for seed in (5, 5, 6):
+        with torch.no_grad(), mc_dropout(model, torch_generator(seed)):
+            outputs.append(torch.stack([model(x), model(x)]))
+    assert torch.equal(outputs[0], outputs[1])
+    assert not torch.equal(outputs[0], outputs[2])
+
+
+def test_mc_masks_do_not_touch_the_global_rng() -> None:
+    model = warmed_up().eval()
+    state = torch.random.get_rng_state()
+    with torch.no_grad(), mc_dropout(model, torch_generator(0)):
+        model(batch(1))
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_mc_passes_leave_batchnorm_statistics_unchanged(training: bool) -> None:
+    model = warmed_up()
+    model.train(training)
+    before = buffers(model)
+    with torch.no_grad(), mc_dropout(model, torch_generator(0)):
+        model(batch(1, n=4))
+        model(batch(2, n=4))
+    after = buffers(model)
+    assert before.keys() == after.keys()
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+
+
+def test_mc_passes_normalise_with_running_statistics() -> None:
+    """An item's MC output does not depend on the other items of its batch (BatchNorm in
+    training mode would normalise with the batch's statistics)."""
+    model = warmed_up(dropout=0.0).train()
+    x = batch(1, n=3)
+    with torch.no_grad(), mc_dropout(model, torch_generator(0)):
+        alone = model(x[:1])
+        mixed = model(torch.cat([x[:1], 10 * x[1:]]))[:1]
+    torch.testing.assert_close(alone, mixed)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_mc_context_restores_the_previous_mode(training: bool) -> None:
+    model = make_unet()
+    model.train(training)
+    with mc_dropout(model, torch_generator(0)):
+        assert not model.training
+        assert all(m.mc for m in dropout_modules(model))
+    assert model.training is training
+    assert all(m.training is training for m in model.modules())
+    assert not any(m.mc for m in dropout_modules(model))
+
+
+def test_mc_context_restores_mode_and_generators_after_an_error() -> None:
+    model = make_unet().train()
+    own = torch_generator(1)
+    for m in dropout_modules(model):
+        m.generator = own
+    with pytest.raises(RuntimeError, match="boom"), mc_dropout(model, torch_generator(0)):
+        raise RuntimeError("boom")
+    assert model.training
+    assert all(m.generator is own and not m.mc for m in dropout_modules(model))
+
+
+def test_plain_eval_after_mc_context_is_deterministic_again() -> None:
+    model = warmed_up().eval()
+    x = batch(1)
+    with torch.no_grad():
+        reference = model(x)
+        with mc_dropout(model, torch_generator(0)):
+            model(x)
+        assert torch.equal(model(x), reference)
+
+
+def test_training_mode_dropout_is_seeded_by_seeded_dropout() -> None:
+    model = make_unet().train()
+    x = batch(1)
+    with torch.no_grad():
+        with seeded_dropout(model, torch_generator(3)):
+            first = model(x)
+        with seeded_dropout(model, torch_generator(3)):
+            second = model(x)
+        with seeded_dropout(model, torch_generator(4)):
+            third = model(x)
+    assert torch.equal(first, second)
+    assert not torch.equal(first, third)

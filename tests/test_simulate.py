@@ -1,0 +1,251 @@
+"""The simulation end to end on a tiny config: run directory contents, shared iteration 0,
+and a run interrupted and resumed equal to an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_OVERRIDES
+
+from activeseg.config import Config, load_yaml, preset, with_overrides
+from activeseg.data.patches import Normalizer
+from activeseg.errors import UserError
+from activeseg.rundir import RunDirectory, read_records
+from activeseg.runtime import resolve
+from activeseg.simulate import SimulatedOracle, UNetLearner, prepare, simulate, validate
+
+
+def run_quietly(config: Config, out: Path, resume: bool = False) -> Path:
+    return simulate(config, out, resume=resume, progress=False, log=lambda line: None)
+
+
+def all_records(run: Path, pattern: str = "records-*.jsonl") -> dict[str, list[dict[str, Any]]]:
+    """Records per file, without wall-clock timings."""
+    return {
+        path.name: [{k: v for k, v in r.items() if k != "seconds"} for r in read_records(path)]
+        for path in sorted(run.glob(pattern))
+    }
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted tiny run (about 2 s); tests only read it."""
+    return run_quietly(tiny_config, tmp_path_factory.mktemp("sim") / "uninterrupted")
+
+
+def test_run_directory_holds_config_split_records_checkpoints_and_maps(
+    finished_run: Path, tiny_config: Config
+) -> None:
+    names = {p.relative_to(finished_run).as_posix() for p in finished_run.rglob("*")}
+    assert {"config.yaml", "split.json", "run.lock"} <= names
+    for strategy in ("random", "std_edt"):
+        for rep in (0, 1):
+            assert f"records-{strategy}-rep{rep}.jsonl" in names
+            assert f"checkpoints/{strategy}-rep{rep}.pt" in names
+    # Maps of every scoring iteration of std_edt; random has no map.
+    maps = sorted(n for n in names if n.startswith("maps/"))
+    assert maps == [f"maps/std_edt-rep{r}-it{i:02d}.npz" for r in (0, 1) for i in (0, 1)]
+    assert load_yaml(finished_run / "config.yaml") == tiny_config
+    assert not [n for n in names if n.endswith(".tmp")]
+
+
+def test_records_hold_one_line_per_iteration_with_the_expected_fields(
+    finished_run: Path, tiny_config: Config
+) -> None:
+    records = all_records(finished_run)
+    assert len(records) == 4
+    for name, rows in records.items():
+        assert [r["iteration"] for r in rows] == [0, 1, 2]
+        for r in rows:
+            assert {"strategy", "repetition", "iteration", "selected", "test_dice"} <= set(r)
+            assert f"records-{r['strategy']}-rep{r['repetition']}.jsonl" == name
+            assert 0.0 <= r["test_dice"] <= 1.0
+            assert len(r["test_dice_per_patch"]) == tiny_config.data.n_test
+            assert r["train_steps"] == tiny_config.train.steps
+        assert [len(r["selected"]) for r in rows] == [1, 1, 0]
+        assert [r["n_labelled"] for r in rows] == [2, 3, 4]
+
+
+def test_labelled_patches_come_from_initial_and_pool_only(finished_run: Path) -> None:
+    split = json.loads((finished_run / "split.json").read_text())
+    held_out = set(split["val"]) | set(split["test"])
+    assert len(split["initial"]) == 2 and len(split["pool"]) == 6
+    for rows in all_records(finished_run).values():
+        for r in rows:
+            assert r["labelled"][:2] == split["initial"]
+            assert set(r["selected"]) <= set(split["pool"])
+            assert not (set(r["labelled"]) | set(r["selected"])) & held_out
+
+
+def test_iteration_zero_is_identical_across_strategies(finished_run: Path) -> None:
+    records = all_records(finished_run)
+    for rep in (0, 1):
+        first = [records[f"records-{s}-rep{rep}.jsonl"][0] for s in ("random", "std_edt")]
+        shared = {
+            k: v
+            for k, v in first[0].items()
+            if k not in ("strategy", "selected", "selected_scores")
+        }
+        assert shared == {k: first[1][k] for k in shared}
+    rep0, rep1 = (records[f"records-random-rep{r}.jsonl"][0] for r in (0, 1))
+    assert rep0["seed"] != rep1["seed"]
+    assert rep0["final_loss"] != rep1["final_loss"]  # repetitions do differ
+
+
+def test_std_edt_picks_the_top_scored_pool_patch(finished_run: Path) -> None:
+    with np.load(finished_run / "maps" / "std_edt-rep0-it00.npz") as maps:
+        ids, scores = maps["ids"], maps["scores"]
+        assert maps["map"].shape == maps["std"].shape == (6, 64, 64)
+    record = all_records(finished_run)["records-std_edt-rep0.jsonl"][0]
+    assert record["selected"] == [int(ids[np.argmax(scores)])]
+    assert record["selected_scores"] == [float(scores.max())]
+
+
+def interrupt_after(monkeypatch: pytest.MonkeyPatch, n_records: int) -> None:
+    """Make the run directory raise KeyboardInterrupt instead of writing record n + 1."""
+    original = RunDirectory.append_record
+    written = 0
+
+    def append_then_stop(
+        self: RunDirectory, strategy: str, repetition: int, record: dict[str, Any]
+    ) -> None:
+        nonlocal written
+        if written == n_records:
+            raise KeyboardInterrupt
+        written += 1
+        original(self, strategy, repetition, record)
+
+    monkeypatch.setattr(RunDirectory, "append_record", append_then_stop)
+
+
+@pytest.mark.parametrize("n_records", [1, 7])
+def test_a_resumed_run_equals_an_uninterrupted_one(
+    finished_run: Path,
+    tiny_config: Config,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    n_records: int,
+) -> None:
+    out = tmp_path / "interrupted"
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, n_records)
+        with pytest.raises(KeyboardInterrupt):
+            run_quietly(tiny_config, out)
+    assert sum(len(rows) for rows in all_records(out).values()) == n_records
+    run_quietly(tiny_config, out, resume=True)
+
+    assert all_records(out, "*.jsonl") == all_records(finished_run, "*.jsonl")
+    for name in ("random-rep0", "random-rep1", "std_edt-rep0", "std_edt-rep1"):
+        a = torch.load(finished_run / "checkpoints" / f"{name}.pt")
+        b = torch.load(out / "checkpoints" / f"{name}.pt")
+        assert a["iteration"] == b["iteration"] == 2
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for path in sorted((finished_run / "maps").iterdir()):
+        with np.load(path) as a, np.load(out / "maps" / path.name) as b:
+            assert sorted(a.files) == sorted(b.files)
+            assert all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_resuming_a_finished_run_changes_nothing(finished_run: Path, tiny_config: Config) -> None:
+    before = {p.name: p.read_bytes() for p in finished_run.glob("records-*.jsonl")}
+    run_quietly(tiny_config, finished_run, resume=True)
+    assert {p.name: p.read_bytes() for p in finished_run.glob("records-*.jsonl")} == before
+
+
+def test_an_existing_run_without_resume_is_a_user_error(
+    finished_run: Path, tiny_config: Config
+) -> None:
+    with pytest.raises(UserError, match="already holds a run; pass --resume"):
+        run_quietly(tiny_config, finished_run)
+
+
+def test_resume_with_another_config_names_the_changed_key(
+    finished_run: Path, tiny_config: Config
+) -> None:
+    changed = with_overrides(tiny_config, {"scoring.mc_samples": 4})
+    with pytest.raises(UserError, match=r"other settings \(scoring.mc_samples: 3 -> 4\)"):
+        run_quietly(changed, finished_run, resume=True)
+
+
+def test_a_run_directory_in_use_is_refused(tiny_config: Config, tmp_path: Path) -> None:
+    with RunDirectory(tmp_path, tiny_config, resume=False):
+        with pytest.raises(UserError, match="in use by another activeseg process"):
+            run_quietly(tiny_config, tmp_path, resume=True)
+    assert all_records(tmp_path) == {}
+
+
+def test_bad_data_leaves_no_run_directory(tiny_config: Config, tmp_path: Path) -> None:
+    config = with_overrides(tiny_config, {"data.source": str(tmp_path / "missing")})
+    with pytest.raises(UserError, match="is not a directory"):
+        run_quietly(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"loop.strategies": "random,bald"}, "unknown strategy 'bald'"),
+        ({"loop.strategies": "random,random"}, "must be distinct"),
+        ({"loop.iterations": 7}, r"7 iterations x k=1 need 7 pool patches but data.n_pool is 6"),
+        ({"loop.query_size": 0}, r"loop.query_size \(k\) must be >= 1"),
+        ({"loop.repetitions": 0}, "loop.repetitions must be >= 1"),
+        ({"scoring.mc_samples": 1}, "scoring.mc_samples must be >= 2"),
+        (
+            {"data.patch_size": 30},
+            r"data.patch_size 30 must be a multiple of 2\*\*\(model.depth-1\) = 4",
+        ),
+        ({"train.loss": "focal"}, "train.loss must be one of dice, wbce, dice_then_wbce"),
+        ({"train.fg_weight": 0}, r"train.fg_weight must be in \(0, 1\)"),
+        ({"model.dropout": 1.0}, r"model.dropout must be in \[0, 1\)"),
+        ({"scoring.edt": "inside"}, "scoring.edt must be one of border, foreground"),
+    ],
+)
+def test_validate_rejects_inconsistent_settings(
+    tiny_config: Config, overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(UserError, match=message):
+        validate(with_overrides(tiny_config, overrides))
+
+
+def test_invalid_settings_are_rejected_before_the_run_directory_exists(
+    tiny_config: Config, tmp_path: Path
+) -> None:
+    with pytest.raises(UserError, match="train.loss"):
+        run_quietly(with_overrides(tiny_config, {"train.loss": "focal"}), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_fits_the_normaliser_on_training_patches_only(tiny_config: Config) -> None:
+    data = prepare(tiny_config.data)
+    train = data.split.train
+    assert data.normalizer == Normalizer.fit(data.patches.images[train])
+    assert data.normalizer != Normalizer.fit(data.patches.images)
+    expected = (data.patches.images[:3] - data.normalizer.mean) / data.normalizer.std
+    np.testing.assert_allclose(data.images[:3].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert (
+        SimulatedOracle(data.masks).reveal(np.array([5, 1])).tolist() == data.masks[[5, 1]].tolist()
+    )
+
+
+def test_new_models_depend_on_their_seed_only(tiny_config: Config) -> None:
+    learner = UNetLearner(prepare(tiny_config.data), tiny_config, resolve("cpu", "fp32"), False)
+    state = torch.random.get_rng_state()
+    a, b, c = learner.new_model(1), learner.new_model(1), learner.new_model(2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert not torch.equal(a.head.weight, c.head.weight)
+    with pytest.raises(RuntimeError, match="fit\\(\\) must run before"):
+        learner.evaluate()
+
+
+def test_the_tiny_overrides_survive_the_command_line_as_strings() -> None:
+    """The CLI passes strings; the overrides used here must survive that path too."""
+    as_strings = {k: str(v) for k, v in TINY_OVERRIDES.items()}
+    assert with_overrides(preset("demo"), as_strings) == with_overrides(
+        preset("demo"), TINY_OVERRIDES
+    )
