@@ -9,11 +9,19 @@ Counts are int64 ``[..., 4]`` in the order (tp, fp, tn, fn). Metrics, all float6
 Convention for 0/0: the metric is 1.0, because nothing could be got wrong (e.g. dice and iou
 of an empty prediction on an empty ground truth, precision of an empty prediction). No
 metric is ever NaN. All functions are pure: inputs are never modified.
+
+Uncertainty quality (:func:`auroc`, :func:`reliability`): how well an uncertainty map ranks
+wrong pixels, and how well probabilities match observed foreground frequencies.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 import torch
+from scipy.stats import rankdata
 
 METRIC_NAMES = ("dice", "iou", "sensitivity", "specificity", "precision", "accuracy")
 
@@ -99,3 +107,80 @@ def summarize(counts: torch.Tensor) -> dict[str, float]:
         out[name] = float(pooled[name])
         out[f"{name}_per_patch_mean"] = float(per_item[name].mean())
     return out
+
+
+def auroc(scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float | None:
+    """Area under the ROC curve of ``scores`` (any shape) for detecting ``labels`` (bool, same
+    shape): the probability that a random positive scores above a random negative, ties
+    counting one half (Mann-Whitney U from average ranks). ``None`` if either class is empty.
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels, dtype=bool).reshape(-1)
+    if s.shape != y.shape:
+        raise ValueError(f"{s.size} scores for {y.size} labels")
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    rank_sum = float(rankdata(s)[y].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """A reliability curve of foreground probabilities in ``bins`` equal-width bins of [0, 1]:
+    per bin the pixel ``counts``, the ``mean_prob`` and the observed foreground fraction
+    ``frac_fg`` (both 0 for an empty bin); all ``[bins]``."""
+
+    counts: np.ndarray
+    mean_prob: np.ndarray
+    frac_fg: np.ndarray
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error: ``sum_b counts_b / N * |frac_fg_b - mean_prob_b|``."""
+        gaps = self.counts * np.abs(self.frac_fg - self.mean_prob)
+        return float(gaps.sum() / self.counts.sum())
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        return {
+            "counts": self.counts.tolist(),
+            "mean_prob": self.mean_prob.tolist(),
+            "frac_fg": self.frac_fg.tolist(),
+        }
+
+
+def reliability(
+    prob: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, bins: int = 10
+) -> Reliability:
+    """Reliability curve of foreground probabilities ``prob`` in [0, 1] against ``target``
+    ({0, 1}, same shape); bin ``b`` holds ``b / bins <= p < (b + 1) / bins`` (p = 1 in the last)."""
+    p = np.asarray(prob, dtype=np.float64).reshape(-1)
+    t = np.asarray(target, dtype=np.float64).reshape(-1)
+    if p.shape != t.shape or p.size == 0:
+        raise ValueError(f"{p.size} probabilities for {t.size} targets (need the same, >= 1)")
+    index = np.clip((p * bins).astype(np.int64), 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    safe = np.maximum(counts, 1)
+    mean_prob = np.bincount(index, weights=p, minlength=bins) / safe
+    frac_fg = np.bincount(index, weights=t, minlength=bins) / safe
+    return Reliability(counts, mean_prob, frac_fg)
+
+
+def uncertainty_quality(
+    mean: torch.Tensor, std: torch.Tensor, target: torch.Tensor, threshold: float = 0.5
+) -> dict[str, Any]:
+    """Quality of MC statistics ``mean`` / ``std`` ``[N, 1, H, W]`` against ``target`` {0, 1}:
+
+    ``uncertainty_auroc``: AUROC of the std map for the wrong pixels of the thresholded mean
+    (``None`` if no pixel or every pixel is wrong); ``ece`` and ``reliability`` (10 bins) of
+    the mean probability.
+    """
+    truth = torch.as_tensor(target).cpu() >= 0.5
+    wrong = (mean >= threshold) != truth
+    curve = reliability(mean, truth)
+    return {
+        "uncertainty_auroc": auroc(std, wrong),
+        "ece": curve.ece,
+        "reliability": curve.to_dict(),
+    }
