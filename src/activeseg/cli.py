@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override any config field, e.g. --set train.epochs=100",
     )
+    sim.add_argument(
+        "--upper-bound",
+        action=argparse.BooleanOptionalAction,
+        help="also train once per repetition on the whole pool (default: the preset's, on)",
+    )
     sim.add_argument("--quiet", action="store_true", help="no progress output")
 
     demo = sub.add_parser("demo", help="short simulation on the built-in synthetic phantom")
@@ -65,6 +70,7 @@ def simulate_config(args: argparse.Namespace) -> Config:
         "loop.iterations": args.iterations,
         "loop.query_size": args.query_size,
         "loop.seed": args.seed,
+        "loop.upper_bound": args.upper_bound,
     }
     given = {k: v for k, v in flags.items() if v is not None}
     sets = parse_assignments(args.set)

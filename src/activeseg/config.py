@@ -85,17 +85,24 @@ class ScoringConfig:
     ``edt``: the distance weighting of ``std_edt`` — ``border`` (distance of each pixel to the
     nearest border of the thresholded mean prediction, on both sides) or ``foreground``
     (the paper text: distance inside the predicted myelin, zero elsewhere).
+    ``test_uncertainty``: also run MC dropout on the test patches at every evaluation and
+    record how well the std map finds wrong pixels (AUROC) and the calibration (ECE).
     """
 
     mc_samples: int = 50
     mc_batch: int = 10
     threshold: float = 0.5
     edt: str = "border"
+    test_uncertainty: bool = True
 
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """The active-learning protocol: strategies x repetitions x iterations, k per query."""
+    """The active-learning protocol: strategies x repetitions x iterations, k per query.
+
+    ``upper_bound``: once per repetition, also train on the whole pool (initial + pool
+    patches) — the reference "all labelled" model of the report's verdict.
+    """
 
     strategies: tuple[str, ...] = ("random", "std_edt")
     repetitions: int = 10
@@ -103,6 +110,7 @@ class LoopConfig:
     query_size: int = 1
     seed: int = 0
     save_maps: bool = True
+    upper_bound: bool = True
 
 
 @dataclass(frozen=True)

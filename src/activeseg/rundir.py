@@ -5,6 +5,7 @@ Layout of ``--out DIR``::
     config.yaml                      resolved config (schema version inside)
     split.json                       patch ids of initial / pool / val / test, source images
     records-<strategy>-rep<r>.jsonl  one JSON record per completed iteration
+    upper_bound.jsonl                one JSON record per repetition: training on the whole pool
     checkpoints/<strategy>-rep<r>.pt model weights of the latest iteration
     maps/<strategy>-rep<r>-it<ii>.npz pool uncertainty maps of each iteration (float16)
     run.lock                         held while a process works on the directory
@@ -31,6 +32,7 @@ from activeseg.config import Config, load_yaml, save_yaml, to_dict
 from activeseg.errors import UserError
 
 RECORD_SCHEMA = 1
+UPPER_BOUND_FILE = "upper_bound.jsonl"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -112,13 +114,19 @@ class RunDirectory:
         return self.root / f"records-{strategy}-rep{repetition}.jsonl"
 
     def append_record(self, strategy: str, repetition: int, record: dict[str, Any]) -> None:
-        path = self.record_path(strategy, repetition)
-        old = path.read_bytes() if path.exists() else b""
-        line = json.dumps({"schema": RECORD_SCHEMA, **record}, allow_nan=False) + "\n"
-        atomic_write_bytes(path, old + line.encode())
+        append_json_line(self.record_path(strategy, repetition), record)
 
     def records(self, strategy: str, repetition: int) -> list[dict[str, Any]]:
         return read_records(self.record_path(strategy, repetition))
+
+    def append_upper_bound(self, record: dict[str, Any]) -> None:
+        """Store the upper-bound record (with its ``repetition``) of one repetition. Kept out
+        of ``records-*.jsonl`` so that globbing those finds strategies only."""
+        append_json_line(self.root / UPPER_BOUND_FILE, record)
+
+    def upper_bound_repetitions(self) -> set[int]:
+        """Repetitions whose upper bound is stored."""
+        return {r["repetition"] for r in read_records(self.root / UPPER_BOUND_FILE)}
 
     # ---- checkpoints and maps --------------------------------------------------------
     def save_checkpoint(self, strategy: str, repetition: int, payload: dict[str, Any]) -> None:
@@ -135,6 +143,13 @@ class RunDirectory:
         np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
         name = f"{strategy}-rep{repetition}-it{iteration:02d}.npz"
         atomic_write_bytes(self.root / "maps" / name, buffer.getvalue())
+
+
+def append_json_line(path: Path, record: dict[str, Any]) -> None:
+    """Rewrite ``path`` whole with ``record`` (schema version added) as a new last line."""
+    old = path.read_bytes() if path.exists() else b""
+    line = json.dumps({"schema": RECORD_SCHEMA, **record}, allow_nan=False) + "\n"
+    atomic_write_bytes(path, old + line.encode())
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

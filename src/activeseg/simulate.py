@@ -7,6 +7,7 @@ into :func:`activeseg.loop.run`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from activeseg.config import Config, DataConfig, to_dict
 from activeseg.data.patches import Normalizer, PatchSet, Split, resample, split_by_source, tile
 from activeseg.data.sources import load_source
 from activeseg.errors import UserError
-from activeseg.metrics import metrics_from_confusion, summarize
+from activeseg.metrics import metrics_from_confusion, summarize, uncertainty_quality
 from activeseg.model import UNet
 from activeseg.rundir import RunDirectory
 from activeseg.runtime import Runtime, derive_seed, resolve, torch_generator
@@ -62,7 +63,12 @@ def prepare(cfg: DataConfig) -> Prepared:
 
 class UNetLearner:
     """The :class:`activeseg.loop.Learner` of the simulation: a U-Net trained from scratch
-    on the labelled patches, evaluated on the fixed test split, scored by MC dropout."""
+    on the labelled patches, evaluated on the fixed test split, scored by MC dropout.
+
+    With ``scoring.test_uncertainty`` the evaluation also runs MC dropout on the test patches
+    (seeded from the training seed) and records ``test_uncertainty_auroc``, ``test_ece`` and
+    ``test_reliability`` (see :func:`activeseg.metrics.uncertainty_quality`).
+    """
 
     def __init__(self, data: Prepared, config: Config, runtime: Runtime, progress: bool) -> None:
         self.data = data
@@ -70,6 +76,7 @@ class UNetLearner:
         self.runtime = runtime
         self.progress = progress
         self.model: UNet | None = None
+        self._seed = 0  # the seed of the latest fit()
         val = data.split.val
         self._val = (data.images[val], torch.from_numpy(data.masks[val]).float())
         test = data.split.test
@@ -84,6 +91,7 @@ class UNetLearner:
             return UNet(1, 1, m.depth, m.base_filters, m.dropout)
 
     def fit(self, ids: np.ndarray, masks: np.ndarray, seed: int) -> dict[str, Any]:
+        self._seed = seed
         self.model = self.new_model(derive_seed(seed, "init"))
         result = fit(
             self.model,
@@ -109,11 +117,14 @@ class UNetLearner:
 
     def evaluate(self) -> dict[str, Any]:
         images, masks = self._test
-        counts = confusion_counts(
-            self.trained_model(), images, masks, self.runtime, self.config.scoring.threshold
-        )
+        threshold = self.config.scoring.threshold
+        counts = confusion_counts(self.trained_model(), images, masks, self.runtime, threshold)
         out: dict[str, Any] = {f"test_{k}": v for k, v in summarize(counts).items()}
         out["test_dice_per_patch"] = metrics_from_confusion(counts)["dice"].tolist()
+        if self.config.scoring.test_uncertainty:
+            stats = self.statistics(self.data.split.test, derive_seed(self._seed, "test_mc"))
+            quality = uncertainty_quality(stats.mean, stats.std, masks, threshold)
+            out.update({f"test_{k}": v for k, v in quality.items()})
         return out
 
     def statistics(self, ids: np.ndarray, seed: int) -> McStats:
@@ -213,6 +224,8 @@ def simulate(
         bar = tqdm(total=total, desc="iterations", disable=not progress, unit="it")
         for rep in range(lc.repetitions):
             seed = derive_seed(lc.seed, rep)
+            if lc.upper_bound and rep not in run.upper_bound_repetitions():
+                _upper_bound(run, learner, oracle, rep, seed, log)
             for strategy in strategies:
                 records = run.records(strategy.name, rep)
                 bar.update(len(records))
@@ -245,6 +258,26 @@ def simulate(
                 )
         bar.close()
     return out
+
+
+def _upper_bound(
+    run: RunDirectory,
+    learner: UNetLearner,
+    oracle: SimulatedOracle,
+    rep: int,
+    seed: int,
+    log: Callable[[str], None],
+) -> None:
+    """Train once on every training patch (initial + pool), evaluate, store the record."""
+    ids = learner.data.split.train
+    t0 = time.perf_counter()
+    info = learner.fit(ids, oracle.reveal(ids), derive_seed(seed, "upper_bound"))
+    t1 = time.perf_counter()
+    metrics = learner.evaluate()
+    seconds = {"train": t1 - t0, "eval": time.perf_counter() - t1}
+    record = {"repetition": rep, "seed": seed, "n_labelled": len(ids), **metrics, **info}
+    run.append_upper_bound({**record, "seconds": seconds})
+    log(f"upper bound rep {rep}: {len(ids)} labelled, test dice {metrics['test_dice']:.3f}")
 
 
 def _persist(
