@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("activeseg-demo"))
     demo.add_argument("--quiet", action="store_true")
 
+    rep = sub.add_parser("report", help="write the HTML report, figures and CSVs of a run")
+    rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    rep.add_argument("--out", type=Path, help="HTML file (default RUN_DIR/report/report.html)")
+    rep.add_argument(
+        "--minutes-per-axon", type=float, help="annotation time per myelinated axon (default 3)"
+    )
+
     show = sub.add_parser("config", help="print the resolved config of a preset as YAML")
     show.add_argument("--preset", default="cpu")
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -93,11 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from activeseg.report import text_summary
+    from activeseg.report import text_summary, write_report
     from activeseg.simulate import simulate
 
     if args.command == "config":
         print(save_yaml(with_overrides(preset(args.preset), parse_assignments(args.set))), end="")
+        return 0
+    if args.command == "report":
+        print(f"report: {write_report(args.run_dir, args.out, args.minutes_per_axon).resolve()}")
         return 0
     if args.command == "demo":
         config = preset("demo")
@@ -109,6 +119,7 @@ def _run(args: argparse.Namespace) -> int:
         out = simulate(config, args.out, resume=args.resume, progress=not args.quiet)
     print(text_summary(out))
     print(f"results: {out.resolve()}")
+    print(f"report: {write_report(out).resolve()}")
     return 0
 
 

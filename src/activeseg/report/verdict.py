@@ -1,0 +1,275 @@
+"""The annotation-effort verdict: pure arithmetic on learning curves, no I/O.
+
+Definitions (x = added patches, i.e. labelled patches minus the initial set; one value per
+repetition, summarised as mean ± sample std over repetitions):
+
+* **patches to reach** a target Dice: the smallest x at which the repetition's test Dice is
+  >= the target (first crossing, no interpolation); ``None`` ("not reached") if it never is.
+  Targets: (a) the final Dice of the baseline (``random``), mean over its repetitions;
+  (b) :data:`UPPER_FRACTION` of the upper-bound Dice (training on the whole pool), mean over
+  repetitions.
+* **AULC**: the area under the Dice-vs-x curve (trapezoids) divided by the x range, i.e. the
+  mean Dice over the annotation budget (1.0 = perfect everywhere).
+* **hours**: myelinated axons in the added patches up to that x (connected components of the
+  ground-truth mask) x minutes per axon / 60.
+* **within noise**: a strategy differs from the baseline only if a two-sided paired t-test on
+  the per-repetition AULC differences (repetitions share their seeds, so their iteration-0
+  models are identical) gives p < :data:`ALPHA`; otherwise the sentence says "within noise".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage, stats
+
+MINUTES_PER_AXON = 3.0  # the paper's estimate of manual annotation time per axon
+UPPER_FRACTION = 0.95
+ALPHA = 0.05
+BASELINE = "random"
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One value per repetition, ``None`` where not reached; no values at all: not
+    available (e.g. no upper bound, or no axon counts)."""
+
+    values: tuple[float | None, ...]
+
+    @property
+    def known(self) -> np.ndarray:
+        return np.array([v for v in self.values if v is not None], dtype=np.float64)
+
+    @property
+    def mean(self) -> float:
+        return float(self.known.mean()) if len(self.known) else math.nan
+
+    @property
+    def std(self) -> float:
+        """Sample std (ddof = 1); NaN with fewer than two values."""
+        return float(self.known.std(ddof=1)) if len(self.known) >= 2 else math.nan
+
+    def text(self, digits: int = 3) -> str:
+        """``"0.812 ± 0.010"``; ``"6.0 ± 2.0 (2/3 reached)"``; ``"not reached (0/3)"``;
+        ``"n/a"``."""
+        n, total = len(self.known), len(self.values)
+        if n == 0:
+            return f"not reached (0/{total})" if total else "n/a"
+        body = f"{self.mean:.{digits}f}"
+        if n >= 2:
+            body += f" ± {self.std:.{digits}f}"
+        return body if n == total else f"{body} ({n}/{total} reached)"
+
+
+def mean_std(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NaN-aware mean, sample std (ddof = 1; NaN where fewer than two) and count along
+    ``axis``; NaN entries are missing values."""
+    n = np.sum(~np.isnan(values), axis=axis)
+    total = np.nansum(values, axis=axis)
+    mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
+    dev = np.nansum((values - np.expand_dims(mean, axis)) ** 2, axis=axis)
+    std = np.where(n >= 2, np.sqrt(dev / np.maximum(n - 1, 1)), np.nan)
+    return mean, std, n
+
+
+def patches_to_reach(added: np.ndarray, dice: np.ndarray, target: float) -> float | None:
+    """Smallest ``added[i]`` with ``dice[i] >= target`` (``[I]`` each; NaN never reaches),
+    else ``None``."""
+    reached = np.flatnonzero(np.nan_to_num(dice, nan=-np.inf) >= target)
+    return float(added[reached[0]]) if len(reached) else None
+
+
+def aulc(added: np.ndarray, dice: np.ndarray) -> float:
+    """Area under ``dice`` over ``added`` (``[I]``, increasing) divided by the x range; the
+    single value when ``I == 1``."""
+    if len(added) == 1:
+        return float(dice[0])
+    widths = np.diff(added)
+    area = float(np.sum(widths * (dice[1:] + dice[:-1]) / 2))
+    return area / float(added[-1] - added[0])
+
+
+def hours(axons: Sequence[int], n: float | None, minutes_per_axon: float) -> float | None:
+    """Annotation hours of the first ``n`` added patches whose axon counts are ``axons``
+    (in the order they were added); ``None`` if ``n`` is ``None``."""
+    if n is None:
+        return None
+    return float(sum(axons[: int(n)])) * minutes_per_axon / 60.0
+
+
+def count_axons(masks: np.ndarray) -> np.ndarray:
+    """Myelinated axons per patch, int64 ``[N]``: 8-connected components of the foreground of
+    ``masks`` ``[N, 1, H, W]`` ({0, 1}). Each myelin ring is one component; touching sheaths
+    merge (an undercount) and axons cut by the patch border count whole (an overcount)."""
+    structure = np.ones((3, 3), dtype=bool)
+    return np.array(
+        [ndimage.label(m[0] > 0, structure=structure)[1] for m in masks], dtype=np.int64
+    )
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Paired per-repetition differences ``a - b``: mean, sample std, count, two-sided p."""
+
+    mean: float
+    std: float
+    n: int
+    p: float
+
+    @property
+    def clear(self) -> bool:
+        """Whether the difference is beyond noise (p < :data:`ALPHA`)."""
+        return self.p < ALPHA
+
+
+def paired_test(a: Sequence[float], b: Sequence[float]) -> Paired:
+    """Two-sided paired t-test of ``a - b`` over repetitions (same length). With zero spread
+    the p-value is 0 for a non-zero mean and 1 for a zero one; NaN with one repetition."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    n = len(d)
+    mean = float(d.mean()) if n else math.nan
+    if n < 2:
+        return Paired(mean, math.nan, n, math.nan)
+    std = float(d.std(ddof=1))
+    if std == 0.0:
+        return Paired(mean, 0.0, n, 0.0 if mean != 0.0 else 1.0)
+    t = mean / (std / math.sqrt(n))
+    return Paired(mean, std, n, float(2 * stats.t.sf(abs(t), df=n - 1)))
+
+
+@dataclass(frozen=True)
+class StrategyCurves:
+    """One strategy's test Dice ``dice`` ``[R, I]`` at ``added`` ``[I]`` patches, and the axon
+    counts of the patches it added in each repetition (in order; ``None`` if unknown)."""
+
+    name: str
+    added: np.ndarray
+    dice: np.ndarray
+    axons: list[list[int]] | None = None
+
+
+@dataclass(frozen=True)
+class StrategyVerdict:
+    name: str
+    final: Spread
+    aulc: Spread
+    to_baseline: Spread  # added patches to reach the baseline's final Dice
+    to_upper: Spread  # added patches to reach UPPER_FRACTION of the upper bound
+    hours_to_baseline: Spread
+    hours_to_upper: Spread
+    hours_budget: Spread  # hours of all added patches
+    versus_baseline: Paired | None  # AULC difference to the baseline
+
+
+@dataclass(frozen=True)
+class Verdict:
+    strategies: list[StrategyVerdict]
+    baseline: str | None
+    baseline_target: float | None  # the baseline's final Dice (mean over repetitions)
+    upper_target: float | None  # UPPER_FRACTION x mean upper-bound Dice
+    budget: float  # added patches at the last iteration compared
+    repetitions: int
+    minutes_per_axon: float
+
+
+def verdict(
+    curves: Sequence[StrategyCurves],
+    upper_dice: Sequence[float] = (),
+    minutes_per_axon: float = MINUTES_PER_AXON,
+    baseline: str = BASELINE,
+) -> Verdict:
+    """The verdict of strategies whose curves share ``added`` and repetitions (row ``r`` of
+    every ``dice`` is repetition ``r``); ``upper_dice``: upper-bound Dice per repetition."""
+    base = next((c for c in curves if c.name == baseline), None)
+    base_target = float(base.dice[:, -1].mean()) if base is not None else None
+    upper_target = UPPER_FRACTION * float(np.mean(upper_dice)) if len(upper_dice) else None
+    aulcs = {c.name: [aulc(c.added, d) for d in c.dice] for c in curves}
+    out = []
+    for c in curves:
+        to_base = _reach(c, base_target)
+        to_upper = _reach(c, upper_target)
+        paired = None
+        if base is not None and c is not base:
+            paired = paired_test(aulcs[c.name], aulcs[base.name])
+        out.append(
+            StrategyVerdict(
+                name=c.name,
+                final=Spread(tuple(float(d[-1]) for d in c.dice)),
+                aulc=Spread(tuple(aulcs[c.name])),
+                to_baseline=Spread(tuple(to_base)),
+                to_upper=Spread(tuple(to_upper)),
+                hours_to_baseline=_spent(c, to_base, minutes_per_axon),
+                hours_to_upper=_spent(c, to_upper, minutes_per_axon),
+                hours_budget=_spent(c, [float(c.added[-1])] * len(c.dice), minutes_per_axon),
+                versus_baseline=paired,
+            )
+        )
+    budget = float(curves[0].added[-1]) if curves else 0.0
+    reps = len(curves[0].dice) if curves else 0
+    return Verdict(
+        out, base.name if base else None, base_target, upper_target, budget, reps, minutes_per_axon
+    )
+
+
+def _reach(c: StrategyCurves, target: float | None) -> list[float | None]:
+    """Added patches to reach ``target`` in each repetition of ``c`` (none without target)."""
+    return [] if target is None else [patches_to_reach(c.added, d, target) for d in c.dice]
+
+
+def _spent(c: StrategyCurves, n: Sequence[float | None], minutes_per_axon: float) -> Spread:
+    """Hours of the first ``n[r]`` patches added in each repetition ``r`` of ``c``."""
+    if c.axons is None or not n:
+        return Spread(())
+    return Spread(tuple(hours(a, k, minutes_per_axon) for a, k in zip(c.axons, n, strict=True)))
+
+
+def sentences(v: Verdict) -> list[str]:
+    """One plain-language sentence per non-baseline strategy (or a reason there is none)."""
+    if v.baseline is None:
+        return [f"No '{BASELINE}' baseline in this run: no comparison can be made."]
+    base = next(s for s in v.strategies if s.name == v.baseline)
+    out = []
+    for s in v.strategies:
+        if s.versus_baseline is None:
+            continue
+        out.append(_sentence(s, base, v))
+    return out or ["Only the baseline was run: nothing to compare."]
+
+
+def _sentence(s: StrategyVerdict, base: StrategyVerdict, v: Verdict) -> str:
+    p = s.versus_baseline
+    assert p is not None
+    reach = (
+        f"Added patches to reach {base.name}'s final test Dice ({v.baseline_target:.3f}): "
+        f"{s.name} {_effort(s.to_baseline, s.hours_to_baseline)}, {base.name} "
+        f"{_effort(base.to_baseline, base.hours_to_baseline)}"
+    )
+    if v.upper_target is not None:
+        reach += (
+            f"; to reach {UPPER_FRACTION:.0%} of the whole-pool Dice ({v.upper_target:.3f}): "
+            f"{s.name} {_effort(s.to_upper, s.hours_to_upper)}, "
+            f"{base.name} {_effort(base.to_upper, base.hours_to_upper)}"
+        )
+    diff = f"AULC {s.aulc.text()} vs {base.aulc.text()}, paired difference {p.mean:+.3f}"
+    if p.n < 2:
+        return (
+            f"{s.name} vs {base.name}: {diff} from one repetition — with no spread over "
+            f"repetitions this run cannot tell a real difference from noise. {reach}."
+        )
+    diff += f" ± {p.std:.3f} over {p.n} repetitions, p = {p.p:.2g}"
+    if not p.clear:
+        return (
+            f"{s.name} vs {base.name}: the difference is within noise ({diff}); this run "
+            f"gives no evidence that {s.name} saves annotation. {reach}."
+        )
+    word = "learns faster than" if p.mean > 0 else "learns more slowly than"
+    return f"{s.name} {word} {base.name} ({diff}). {reach}."
+
+
+def _effort(patches: Spread, hours: Spread) -> str:
+    """``"4.3 ± 2.1 (≈ 3.2 ± 1.1 h)"``, hours left out where not available."""
+    text = patches.text(1)
+    return f"{text} (≈ {hours.text(1)} h)" if len(hours.known) else text

@@ -1,0 +1,299 @@
+"""Report: verdict arithmetic on hand-made records, uncertainty-quality metrics, and the
+report of a tiny simulated run checked against its records (recomputed here independently)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import ndimage, stats
+
+from activeseg.cli import main
+from activeseg.config import Config, load_yaml, with_overrides
+from activeseg.metrics import auroc, reliability, uncertainty_quality
+from activeseg.report.build import compute_verdict
+from activeseg.report.records import Run
+from activeseg.report.verdict import (
+    Spread,
+    StrategyCurves,
+    aulc,
+    paired_test,
+    patches_to_reach,
+    sentences,
+    verdict,
+)
+from activeseg.simulate import prepare, simulate
+
+# ----------------------------------------------------------------------------- arithmetic
+
+
+def test_patches_to_reach_first_crossing_and_never() -> None:
+    added = np.array([0.0, 1.0, 2.0, 3.0])
+    dice = np.array([0.5, 0.6, 0.8, 0.7])
+    assert patches_to_reach(added, dice, 0.6) == 1.0  # >= counts
+    assert patches_to_reach(added, dice, 0.75) == 2.0  # first crossing, even if it falls back
+    assert patches_to_reach(added, dice, 0.9) is None  # never reached
+    assert patches_to_reach(added, np.array([np.nan, 0.9, 0.9, 0.9]), 0.8) == 1.0
+
+
+def test_aulc_is_the_mean_dice_over_the_budget() -> None:
+    # trapezoids (0.55 + 0.7 + 0.75) / 3 x-units
+    assert aulc(np.array([0.0, 1, 2, 3]), np.array([0.5, 0.6, 0.8, 0.7])) == pytest.approx(2 / 3)
+    # k = 2: x spacing 2, area 2 * (0.5 + 0.9) / 2 + 2 * (0.9 + 0.7) / 2 = 3.0, over 4
+    assert aulc(np.array([0.0, 2, 4]), np.array([0.5, 0.9, 0.7])) == pytest.approx(0.75)
+    assert aulc(np.array([0.0]), np.array([0.42])) == 0.42
+
+
+def test_paired_test_matches_scipy() -> None:
+    a, b = [0.70, 0.66, 0.71, 0.69], [0.60, 0.65, 0.62, 0.64]
+    expected = stats.ttest_rel(a, b)
+    p = paired_test(a, b)
+    assert p.p == pytest.approx(expected.pvalue)
+    assert p.mean == pytest.approx(np.mean(np.subtract(a, b)))
+    assert math.isnan(paired_test([0.7], [0.6]).p)
+    assert paired_test([0.75, 0.5], [0.5, 0.25]).p == 0.0  # identical non-zero differences
+
+
+def test_spread_text() -> None:
+    assert Spread((1.0, 3.0)).text(1) == "2.0 ± 1.4"
+    assert Spread((1.0, None, 3.0)).text(1) == "2.0 ± 1.4 (2/3 reached)"
+    assert Spread((None, None)).text() == "not reached (0/2)"
+    assert Spread(()).text() == "n/a"
+
+
+def _record(
+    strategy: str, rep: int, it: int, dice: float, labelled: list[int], selected: int
+) -> dict[str, Any]:
+    return {
+        "strategy": strategy,
+        "repetition": rep,
+        "iteration": it,
+        "n_labelled": len(labelled),
+        "labelled": labelled,
+        "selected": [selected] if it < 2 else [],
+        "test_dice": dice,
+    }
+
+
+def _hand_made_run(tmp_path: Path) -> Run:
+    """Initial patches 0, 1; 2 iterations of k = 1; 2 repetitions; upper bound Dice 0.8."""
+    curves = {  # strategy -> repetition -> (Dice at x = 0, 1, 2; selected ids)
+        "random": {0: ([0.50, 0.60, 0.70], [2, 3]), 1: ([0.50, 0.62, 0.72], [4, 5])},
+        "std_edt": {0: ([0.50, 0.72, 0.74], [6, 7]), 1: ([0.50, 0.66, 0.75], [2, 3])},
+    }
+    records = []
+    for name, reps in curves.items():
+        for rep, (dice, picks) in reps.items():
+            for it in range(3):
+                labelled = [0, 1, *picks[:it]]
+                sel = picks[it] if it < 2 else -1
+                records.append(_record(name, rep, it, dice[it], labelled, sel))
+    split = {"initial": [0, 1], "pool": [2, 3, 4, 5, 6, 7], "val": [8], "test": [9]}
+    upper = [{"repetition": r, "n_labelled": 8, "test_dice": 0.8} for r in (0, 1)]
+    config = with_overrides(Config(), {"loop.iterations": 2, "loop.repetitions": 2})
+    return Run(tmp_path, config, split, records, upper)
+
+
+AXONS = {2: 4, 3: 6, 4: 1, 5: 2, 6: 10, 7: 3}
+
+
+def test_verdict_of_hand_made_records(tmp_path: Path) -> None:
+    v = compute_verdict(_hand_made_run(tmp_path), AXONS, minutes_per_axon=3.0)
+    assert v is not None
+    assert v.baseline_target == pytest.approx(0.71)  # mean final Dice of random
+    assert v.upper_target == pytest.approx(0.76)  # 95 % of 0.8: nobody reaches it
+    random, edt = v.strategies
+    assert random.to_baseline.values == (None, 2.0)  # 0.70 < 0.71 never; 0.72 at x = 2
+    assert edt.to_baseline.values == (1.0, 2.0)
+    assert edt.to_upper.values == (None, None)
+    assert edt.to_upper.text() == "not reached (0/2)"
+    # hours: first n added patches' axons x 3 min: rep 0 [6] -> 10, rep 1 [2, 3] -> 10
+    assert edt.hours_to_baseline.values == pytest.approx((0.5, 0.5))
+    assert random.hours_to_baseline.values == (None, pytest.approx(0.15))  # [4, 5] -> 3
+    assert edt.hours_budget.values == pytest.approx((0.65, 0.5))  # [6, 7], [2, 3]
+    assert random.aulc.values == pytest.approx((0.60, 0.615))
+    assert edt.aulc.values == pytest.approx((0.67, 0.6425))
+    paired = edt.versus_baseline
+    assert paired is not None and not paired.clear  # 2 repetitions, p ~ 0.26
+    assert paired.p == pytest.approx(stats.ttest_rel([0.67, 0.6425], [0.60, 0.615]).pvalue)
+    text = " ".join(sentences(v))
+    assert "within noise" in text and "not reached (0/2)" in text
+
+
+def test_verdict_says_when_a_strategy_is_clearly_better() -> None:
+    added = np.arange(4.0)
+    base = np.array([[0.5, 0.55, 0.60, 0.65], [0.5, 0.56, 0.61, 0.66], [0.5, 0.54, 0.6, 0.64]])
+    better = base + np.array([0.0, 0.10, 0.09, 0.05])
+    v = verdict([StrategyCurves("random", added, base), StrategyCurves("std_edt", added, better)])
+    assert v.upper_target is None and v.strategies[1].to_upper.text() == "n/a"
+    assert v.strategies[1].to_baseline.values == (1.0, 1.0, 2.0)  # target 0.65; 0.64 at x = 1
+    (sentence,) = sentences(v)
+    assert sentence.startswith("std_edt learns faster than random")
+    assert "within noise" not in sentence
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_auroc_equals_pairwise_count_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 200).astype(float)  # many ties
+    labels = rng.random(200) < 0.3
+    pos, neg = scores[labels], scores[~labels]
+    pairs = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
+    assert auroc(scores, labels) == pytest.approx(pairs / (len(pos) * len(neg)))
+    assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert auroc(np.ones(3), np.zeros(3, dtype=bool)) is None
+
+
+def test_reliability_and_ece_by_hand() -> None:
+    rel = reliability(np.array([0.05, 0.15, 0.95, 1.0]), np.array([0, 1, 1, 1]))
+    assert rel.counts.tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 0, 2]
+    assert rel.frac_fg[[0, 1, 9]].tolist() == [0.0, 1.0, 1.0]
+    # (1 * 0.05 + 1 * 0.85 + 2 * 0.025) / 4
+    assert rel.ece == pytest.approx(0.2375)
+
+
+def test_uncertainty_quality_of_a_perfect_detector() -> None:
+    import torch
+
+    target = torch.tensor([[[[1, 0, 1, 0]]]], dtype=torch.uint8)
+    mean = torch.tensor([[[[0.9, 0.6, 0.4, 0.1]]]])  # pixels 1 and 2 are wrong
+    std = torch.tensor([[[[0.0, 0.3, 0.2, 0.1]]]])
+    quality = uncertainty_quality(mean, std, target)
+    assert quality["uncertainty_auroc"] == 1.0
+    assert sum(quality["reliability"]["counts"]) == 4
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+FIGURES = [
+    "learning_dice",
+    "learning_iou",
+    "learning_sensitivity",
+    "learning_specificity",
+    "learning_precision",
+    "maps_std_edt",
+    "selection",
+    "pool_scores",
+    "uncertainty_quality",
+    "reliability",
+    "cost",
+]
+TABLES = [
+    "records",
+    "learning_curves",
+    "verdict",
+    "verdict_per_repetition",
+    "selection",
+    "pool_scores",
+    "uncertainty_maps",
+    "reliability",
+    "cost",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_config: Config) -> Path:
+    """A tiny simulation with the upper bound and test-set uncertainty on."""
+    config = with_overrides(tiny_config, {"loop.upper_bound": True})
+    out = tmp_path_factory.mktemp("report") / "run"
+    simulate(config, out, progress=False, log=lambda line: None)
+    assert main(["report", str(out)]) == 0
+    return out
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_upper_bound_is_stored_apart_from_strategy_records(run_dir: Path) -> None:
+    names = sorted(p.name for p in run_dir.glob("records-*.jsonl"))
+    assert names == [f"records-{s}-rep{r}.jsonl" for s in ("random", "std_edt") for r in (0, 1)]
+    upper = _jsonl(run_dir / "upper_bound.jsonl")
+    split = json.loads((run_dir / "split.json").read_text())
+    assert [u["repetition"] for u in upper] == [0, 1]
+    assert all(u["n_labelled"] == len(split["initial"]) + len(split["pool"]) for u in upper)
+
+
+def test_records_carry_test_uncertainty_quality(run_dir: Path) -> None:
+    record = _jsonl(run_dir / "records-random-rep0.jsonl")[0]
+    split = json.loads((run_dir / "split.json").read_text())
+    auc = record["test_uncertainty_auroc"]
+    assert auc is None or 0.0 <= auc <= 1.0
+    assert 0.0 <= record["test_ece"] <= 1.0
+    assert sum(record["test_reliability"]["counts"]) == len(split["test"]) * 64 * 64
+
+
+def test_report_files_exist_and_html_embeds_every_figure(run_dir: Path) -> None:
+    folder = run_dir / "report"
+    for name in FIGURES:
+        assert (folder / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+        assert (folder / f"{name}.svg").stat().st_size > 0
+    for name in TABLES:
+        assert (folder / f"{name}.csv").exists(), name
+    page = (folder / "report.html").read_text()
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == len(FIGURES)
+    assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert "within noise" in page or "learns" in page
+
+
+def test_learning_curve_csv_equals_records(run_dir: Path) -> None:
+    rows = _csv(run_dir / "report" / "learning_curves.csv")
+    split = json.loads((run_dir / "split.json").read_text())
+    checked = 0
+    for strategy in ("random", "std_edt"):
+        records = [r for p in run_dir.glob(f"records-{strategy}-*") for r in _jsonl(p)]
+        for it in range(3):
+            dice = [r["test_dice"] for r in records if r["iteration"] == it]
+            n = len(split["initial"]) + it
+            (row,) = [
+                r
+                for r in rows
+                if (r["strategy"], r["metric"], r["n_labelled"]) == (strategy, "test_dice", str(n))
+            ]
+            assert float(row["mean"]) == pytest.approx(np.mean(dice), rel=1e-12)
+            assert float(row["std"]) == pytest.approx(np.std(dice, ddof=1), rel=1e-12)
+            checked += 1
+    upper = [u["test_dice"] for u in _jsonl(run_dir / "upper_bound.jsonl")]
+    (row,) = [r for r in rows if (r["strategy"], r["metric"]) == ("upper_bound", "test_dice")]
+    assert float(row["mean"]) == pytest.approx(np.mean(upper), rel=1e-12)
+    assert checked == 6
+
+
+def test_verdict_csv_equals_records(run_dir: Path) -> None:
+    rows = _csv(run_dir / "report" / "verdict_per_repetition.csv")
+    split = json.loads((run_dir / "split.json").read_text())
+    masks = prepare(load_yaml(run_dir / "config.yaml").data).patches.masks
+    by_run = {
+        (s, r): _jsonl(run_dir / f"records-{s}-rep{r}.jsonl")
+        for s in ("random", "std_edt")
+        for r in (0, 1)
+    }
+    target = np.mean([by_run["random", r][-1]["test_dice"] for r in (0, 1)])
+    for row in rows:
+        records = by_run[row["strategy"], int(row["repetition"])]
+        dice = np.array([r["test_dice"] for r in records])
+        added = np.array([r["n_labelled"] for r in records]) - len(split["initial"])
+        assert float(row["aulc"]) == pytest.approx(np.trapezoid(dice, added) / added[-1])
+        assert float(row["final"]) == dice[-1]
+        reached = added[dice >= target]
+        expected = float(reached[0]) if len(reached) else None
+        assert (float(row["to_baseline"]) if row["to_baseline"] else None) == expected
+        picks = records[-1]["labelled"][len(split["initial"]) :]
+        axons = sum(ndimage.label(masks[p, 0], np.ones((3, 3)))[1] for p in picks)
+        assert float(row["hours_budget"]) == pytest.approx(axons * 3 / 60)
