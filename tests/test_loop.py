@@ -11,7 +11,7 @@ import torch
 
 from activeseg.acquisition import Strategy, get_strategy
 from activeseg.errors import UserError
-from activeseg.loop import Iteration, LoopState, resume_state, run
+from activeseg.loop import Chunk, Iteration, LoopState, resume_state, run
 from activeseg.scoring import McStats
 
 N_PATCHES = 40
@@ -141,7 +141,7 @@ def test_std_strategy_selects_the_most_uncertain_pool_patches() -> None:
 def test_random_strategy_never_asks_for_statistics() -> None:
     learner, _, seen = drive(get_strategy("random"), iterations=3)
     assert learner.scored == []
-    assert all(it.stats is None and it.scores is not None for it in seen[:-1])
+    assert all(it.scores is not None for it in seen[:-1])
 
 
 def test_last_iteration_trains_and_evaluates_without_selecting() -> None:
@@ -149,7 +149,7 @@ def test_last_iteration_trains_and_evaluates_without_selecting() -> None:
     assert len(learner.fits) == 4 and len(learner.scored) == 3
     last = seen[-1]
     assert last.record["iteration"] == 3
-    assert last.record["selected"] == [] and last.scores is None and last.stats is None
+    assert last.record["selected"] == [] and last.scores is None
 
 
 def test_zero_iterations_only_train_once() -> None:
@@ -180,7 +180,7 @@ def test_records_hold_the_expected_fields() -> None:
     assert set(record["seconds"]) == {"train", "eval", "score"}
     assert all(v >= 0 for v in record["seconds"].values())
     assert all(type(i) is int for i in record["selected"] + record["labelled"])
-    assert seen[0].scores is not None and seen[0].scores.maps is not None
+    assert seen[0].scores is not None and seen[0].scores.shape == (len(POOL),)
 
 
 def test_records_do_not_change_when_the_state_advances() -> None:
@@ -262,3 +262,30 @@ def test_query_larger_than_the_pool_is_a_user_error() -> None:
     state = LoopState([0], [1, 2])
     with pytest.raises(UserError, match="cannot select 3 patches from a pool of 2"):
         run(FakeLearner(), FakeOracle(), get_strategy("random"), state, 1, 3, seed=0)
+
+
+@pytest.mark.parametrize("name", ["random", "std_sum", "std_edt"])
+def test_selections_and_scores_do_not_depend_on_the_chunk_size(name: str) -> None:
+    def chunked(chunk: int) -> tuple[list[Iteration], list[Chunk]]:
+        seen: list[Iteration] = []
+        chunks: list[Chunk] = []
+        state = LoopState(list(INITIAL), list(POOL))
+        run(FakeLearner(), FakeOracle(), get_strategy(name), state, 3, 2, 0,
+            on_iteration=seen.append, chunk=chunk, on_chunk=chunks.append)  # fmt: skip
+        return seen, chunks
+
+    reference, _ = chunked(1000)
+    for size in (1, 4):
+        seen, chunks = chunked(size)
+        assert [without_timings(it.record) for it in seen] == [
+            without_timings(it.record) for it in reference
+        ]
+        for a, b in zip(seen[:-1], reference[:-1], strict=True):
+            assert a.scores is not None and b.scores is not None
+            np.testing.assert_array_equal(a.scores, b.scores)
+        mc = get_strategy(name).needs_mc
+        assert max(len(c.ids) for c in chunks) == (size if mc else len(POOL))
+        for i, it in enumerate(seen[:-1]):  # the chunks of an iteration cover its pool in order
+            ids = [pid for c in chunks if c.iteration == i for pid in c.ids.tolist()]
+            assert ids == it.pool.tolist()
+            assert all(c.pool_size == len(it.pool) for c in chunks if c.iteration == i)

@@ -4,6 +4,12 @@ A strategy is a small object with a ``name``, a flag ``needs_mc`` (whether it re
 statistics) and ``score(stats, n, rng) -> Scores``. Strategies register by name
 (:data:`STRATEGIES`, :func:`get_strategy`); the loop only knows this protocol.
 
+Chunking contract: the loop scores the pool in chunks. A strategy with ``needs_mc`` is called
+once per chunk and must score each patch from that patch's statistics alone, without drawing
+from ``rng`` (so scores do not depend on the chunking and the selection's tie-break stream is
+the same for every strategy); a strategy without MC statistics is called once with the
+whole pool size ``n`` and may draw from ``rng``.
+
 ``std_edt`` weights the std map by a Euclidean distance transform of the thresholded mean
 prediction so that pixels at predicted class borders — where uncertainty is inherent —
 weigh least. Two distances are offered (``ScoringConfig.edt``):

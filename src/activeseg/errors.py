@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class UserError(Exception):
     """Bad input or options. The message names the file or option and says what to do."""
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite (usually a learning rate far too high)."""

@@ -5,6 +5,13 @@ patches, evaluates, gives MC statistics), an :class:`Oracle` (reveals masks) and
 :class:`~activeseg.acquisition.Strategy`. Every random stream derives from
 ``(seed, iteration, purpose)``, so a loop resumed from its records continues exactly as an
 uninterrupted one.
+
+The pool is scored in chunks of ``chunk`` patches: per chunk the learner's MC statistics,
+the strategy's maps and per-patch scores are computed and handed to ``on_chunk`` (e.g. to
+stream the maps to disk), and only the scores are kept. Memory therefore does not grow with
+the pool beyond one float per patch. A strategy without MC statistics (``needs_mc`` false)
+is called once for the whole pool; one with MC statistics must score every patch from its
+own statistics only, so that its scores do not depend on the chunking.
 """
 
 from __future__ import annotations
@@ -58,13 +65,52 @@ class LoopState:
 
 @dataclass
 class Iteration:
-    """What one iteration produced: its record and, if scored, the pool's scores and stats."""
+    """What one iteration produced: its record, the pool ``[N]`` it scored and, if it
+    scored, one score per pool patch ``[N]`` (float64)."""
 
     record: dict[str, Any]
     pool: np.ndarray
-    scores: Scores | None = None
-    stats: McStats | None = None
+    scores: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One scored chunk of the pool at ``iteration``: patch ``ids`` ``[k]``, their
+    :class:`Scores` (maps ``[k, H, W]`` or ``None``) and MC statistics (or ``None``);
+    ``pool_size`` is the size of the whole pool being scored."""
+
+    iteration: int
+    pool_size: int
+    ids: np.ndarray
+    scores: Scores
+    stats: McStats | None
+
+
+def score_pool(
+    learner: Learner,
+    strategy: Strategy,
+    pool: np.ndarray,
+    iteration: int,
+    mc_seed: int,
+    rng: np.random.Generator,
+    chunk: int,
+    on_chunk: Callable[[Chunk], None],
+) -> np.ndarray:
+    """Scores ``[N]`` of the ``pool`` ids, computed ``chunk`` patches at a time (the whole
+    pool at once for a strategy without MC statistics); each chunk goes to ``on_chunk``
+    and is then dropped."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    size = chunk if strategy.needs_mc else max(len(pool), 1)
+    parts = []
+    for start in range(0, len(pool), size):
+        ids = pool[start : start + size]
+        stats = learner.statistics(ids, mc_seed) if strategy.needs_mc else None
+        scores = strategy.score(stats, len(ids), rng)
+        on_chunk(Chunk(iteration, len(pool), ids, scores, stats))
+        parts.append(np.asarray(scores.scores, dtype=np.float64))
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def resume_state(
@@ -89,13 +135,16 @@ def run(
     seed: int,
     start: int = 0,
     on_iteration: Callable[[Iteration], None] = lambda it: None,
+    chunk: int = 256,
+    on_chunk: Callable[[Chunk], None] = lambda c: None,
 ) -> LoopState:
     """Run iterations ``start .. iterations`` (the last one trains and evaluates only).
 
     Iteration ``i`` trains on ``state.labelled``, evaluates on the test set and, if
-    ``i < iterations``, selects ``query_size`` pool patches, which the oracle labels for
-    iteration ``i + 1``. ``on_iteration`` receives each :class:`Iteration` (to persist it)
-    before the state advances.
+    ``i < iterations``, scores the pool ``chunk`` patches at a time (:func:`score_pool`;
+    each :class:`Chunk` goes to ``on_chunk``) and selects ``query_size`` pool patches, which
+    the oracle labels for iteration ``i + 1``. ``on_iteration`` receives each
+    :class:`Iteration` (to persist it) after its chunks and before the state advances.
     """
     for i in range(start, iterations + 1):
         labelled = np.asarray(state.labelled, dtype=np.int64)
@@ -105,18 +154,16 @@ def run(
         metrics = learner.evaluate()
         t2 = time.perf_counter()
         pool = np.asarray(state.pool, dtype=np.int64)
-        scores: Scores | None = None
-        stats: McStats | None = None
+        scores: np.ndarray | None = None
         selected: list[int] = []
         selected_scores: list[float] = []
         if i < iterations:
-            if strategy.needs_mc:
-                stats = learner.statistics(pool, derive_seed(seed, i, "mc"))
             rng = numpy_generator(derive_seed(seed, i, "select"))
-            scores = strategy.score(stats, len(pool), rng)
-            chosen = select_top_k(scores.scores, query_size, rng)
+            mc_seed = derive_seed(seed, i, "mc")
+            scores = score_pool(learner, strategy, pool, i, mc_seed, rng, chunk, on_chunk)
+            chosen = select_top_k(scores, query_size, rng)
             selected = pool[chosen].tolist()
-            selected_scores = scores.scores[chosen].tolist()
+            selected_scores = scores[chosen].tolist()
         t3 = time.perf_counter()
         record = {
             "strategy": strategy.name,
@@ -130,7 +177,7 @@ def run(
             **train_info,
             "seconds": {"train": t1 - t0, "eval": t2 - t1, "score": t3 - t2},
         }
-        on_iteration(Iteration(record, pool, scores, stats))
+        on_iteration(Iteration(record, pool, scores))
         if selected:
             state.add(selected)
     return state

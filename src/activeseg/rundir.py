@@ -10,9 +10,12 @@ Layout of ``--out DIR``::
     maps/<strategy>-rep<r>-it<ii>.npz pool uncertainty maps of each iteration (float16)
     run.lock                         held while a process works on the directory
 
-Every file is written to a temporary name in the same folder and renamed into place, so a
-crash never leaves a half-written file under a final name. A record file is only rewritten
-whole; an iteration counts as completed once its record is in the file.
+Every file is written to a temporary name in the same folder (``.<name>.<random>.tmp``) and
+renamed into place, so a crash never leaves a half-written file under a final name. A record
+file is only rewritten whole; an iteration counts as completed once its record is in the
+file. Temporaries left by a killed process are never read (no reader matches them) and are
+deleted when the directory is next opened (under its lock, so no writer is active). The lock
+is an ``flock`` on ``run.lock``: the kernel releases it when its process dies, even by SIGKILL.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import fcntl
 import io
 import json
 import os
+import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import IO, Any
 
@@ -59,9 +64,15 @@ class RunDirectory:
 
     def __init__(self, root: Path, config: Config, resume: bool) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(
+                f"cannot create the run directory {root} ({exc}); choose another --out"
+            ) from exc
         self._lock = _acquire_lock(root / "run.lock")
         try:
+            remove_temporaries(root)
             self._check_config(config, resume)
         except BaseException:
             self.close()
@@ -69,6 +80,11 @@ class RunDirectory:
 
     def _check_config(self, config: Config, resume: bool) -> None:
         path = self.root / "config.yaml"
+        if not path.exists() and any(p.name != "run.lock" for p in self.root.iterdir()):
+            raise UserError(
+                f"{self.root} is not empty and holds no activeseg run (no config.yaml); "
+                "choose a new or empty --out"
+            )
         if path.exists():
             if not resume:
                 raise UserError(
@@ -136,13 +152,92 @@ class RunDirectory:
             self.root / "checkpoints" / f"{strategy}-rep{repetition}.pt", buffer.getvalue()
         )
 
+    def maps_path(self, strategy: str, repetition: int, iteration: int) -> Path:
+        return self.root / "maps" / f"{strategy}-rep{repetition}-it{iteration:02d}.npz"
+
     def save_maps(
         self, strategy: str, repetition: int, iteration: int, **arrays: np.ndarray
     ) -> None:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
-        name = f"{strategy}-rep{repetition}-it{iteration:02d}.npz"
-        atomic_write_bytes(self.root / "maps" / name, buffer.getvalue())
+        atomic_write_bytes(self.maps_path(strategy, repetition, iteration), buffer.getvalue())
+
+    def maps_writer(self, strategy: str, repetition: int, iteration: int, n: int) -> MapsWriter:
+        """A :class:`MapsWriter` for the ``n`` pool patches of one iteration."""
+        return MapsWriter(self.maps_path(strategy, repetition, iteration), n)
+
+
+class MapsWriter:
+    """Streams per-pixel maps of ``n`` patches, chunk by chunk, into one ``.npz`` at ``path``.
+
+    Each named map ``[k, H, W]`` is appended as float16 to its own ``.npy`` file in a
+    temporary folder next to ``path``; :meth:`commit` zips them (deflate, streamed from disk)
+    with ``ids`` ``[n]`` int64 and ``scores`` ``[n]`` float64 and renames the archive into
+    place. Memory holds one chunk at a time; the result reads like ``np.savez_compressed``'s.
+    """
+
+    def __init__(self, path: Path, n: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.n = path, n
+        self._dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        self._files: dict[str, IO[bytes]] = {}
+        self._ids: list[np.ndarray] = []
+        self._scores: list[np.ndarray] = []
+        self._written = 0
+
+    def add(self, ids: np.ndarray, scores: np.ndarray, **maps: np.ndarray) -> None:
+        """Append the next ``k`` patches: ``ids`` and ``scores`` ``[k]``, maps ``[k, H, W]``."""
+        k = len(ids)
+        if self._written + k > self.n or len(scores) != k:
+            raise ValueError(f"{k} more patches than the {self.n - self._written} expected")
+        if self._written and set(maps) != set(self._files):
+            raise ValueError(
+                f"maps {sorted(maps)} differ from the first chunk's {sorted(self._files)}"
+            )
+        for name, array in maps.items():
+            if len(array) != k:
+                raise ValueError(f"map {name!r} has {len(array)} patches, not {k}")
+            if name not in self._files:
+                self._files[name] = self._open_npy(name, (self.n, *array.shape[1:]))
+            self._files[name].write(np.ascontiguousarray(array, dtype=np.float16).tobytes())
+        self._ids.append(np.asarray(ids, dtype=np.int64))
+        self._scores.append(np.asarray(scores, dtype=np.float64))
+        self._written += k
+
+    def _open_npy(self, name: str, shape: tuple[int, ...]) -> IO[bytes]:
+        handle = open(self._dir / f"{name}.npy", "wb")  # noqa: SIM115 - closed in commit/discard
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16))}
+        np.lib.format.write_array_header_2_0(
+            handle, {**header, "fortran_order": False, "shape": shape}
+        )
+        return handle
+
+    def commit(self) -> None:
+        """Write the archive under its final name (all ``n`` patches must have been added)."""
+        if self._written != self.n:
+            raise ValueError(f"{self._written} of {self.n} patches were added")
+        self._close_files()
+        archive = self._dir / "maps.npz"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+            for name, parts in (("ids", self._ids), ("scores", self._scores)):
+                buffer = io.BytesIO()
+                np.save(buffer, np.concatenate(parts) if parts else np.zeros(0))
+                zf.writestr(f"{name}.npy", buffer.getvalue())
+            for name in self._files:
+                zf.write(self._dir / f"{name}.npy", f"{name}.npy")
+        with open(archive, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(archive, self.path)
+        self.discard()
+
+    def discard(self) -> None:
+        """Drop everything written so far (the final file, if any, is left as it was)."""
+        self._close_files()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _close_files(self) -> None:
+        for handle in self._files.values():
+            handle.close()
 
 
 def append_json_line(path: Path, record: dict[str, Any]) -> None:
@@ -166,6 +261,24 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             raise UserError(f"{path}:{n}: record schema {record.get('schema')!r} unsupported")
         records.append(record)
     return records
+
+
+def remove_temporaries(root: Path) -> list[Path]:
+    """Delete the ``.*.tmp`` files and folders a killed writer may have left under ``root``
+    (call only while holding the run's lock); returns what was deleted."""
+    found = sorted(p for p in root.rglob(".*.tmp") if p.exists())
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return found
+
+
+def disk_usage(root: Path) -> tuple[int, int]:
+    """Total bytes and number of the files under ``root``."""
+    sizes = [p.stat().st_size for p in root.rglob("*") if p.is_file()]
+    return sum(sizes), len(sizes)
 
 
 def _acquire_lock(path: Path) -> IO[str]:

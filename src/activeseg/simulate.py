@@ -7,7 +7,9 @@ into :func:`activeseg.loop.run`.
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +24,10 @@ from activeseg.acquisition import EDT_MODES, get_strategy
 from activeseg.config import Config, DataConfig, to_dict
 from activeseg.data.patches import Normalizer, PatchSet, Split, resample, split_by_source, tile
 from activeseg.data.sources import load_source
-from activeseg.errors import UserError
+from activeseg.errors import TrainingDiverged, UserError
 from activeseg.metrics import metrics_from_confusion, summarize, uncertainty_quality
 from activeseg.model import UNet
-from activeseg.rundir import RunDirectory
+from activeseg.rundir import MapsWriter, RunDirectory, disk_usage
 from activeseg.runtime import Runtime, derive_seed, resolve, torch_generator
 from activeseg.scoring import McStats, mc_statistics
 from activeseg.train import LOSSES, confusion_counts, fit
@@ -52,6 +54,14 @@ def prepare(cfg: DataConfig) -> Prepared:
         label_suffix=cfg.label_suffix,
         seed=cfg.split_seed,
     )
+    unknown = [s.name for s in samples if s.pixel_size is None]
+    if cfg.pixel_size is not None and unknown:
+        warnings.warn(
+            f"no pixel size for {len(unknown)} image(s) (e.g. {unknown[0]}): they are not "
+            f"resampled to data.pixel_size={cfg.pixel_size} µm; give --pixel-size (µm per pixel "
+            "of the folder's images) or --set data.pixel_size=none",
+            stacklevel=2,
+        )
     patches = tile([resample(s, cfg.pixel_size) for s in samples], cfg.patch_size)
     split = split_by_source(
         patches, cfg.n_initial, cfg.n_val, cfg.n_test, cfg.n_pool, seed=cfg.split_seed
@@ -174,11 +184,19 @@ def validate(config: Config) -> None:
         (0.0 < config.train.fg_weight < 1.0, "train.fg_weight must be in (0, 1)"),
         (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (s.edt in EDT_MODES, f"scoring.edt must be one of {', '.join(EDT_MODES)}"),
+        (m.depth >= 2 and m.base_filters >= 1, "model.depth must be >= 2, base_filters >= 1"),
         (
-            config.data.patch_size % 2 ** (m.depth - 1) == 0,
+            config.data.patch_size >= 2 ** (m.depth - 1)
+            and config.data.patch_size % 2 ** (m.depth - 1) == 0,
             f"data.patch_size {config.data.patch_size} must be a multiple of "
             f"2**(model.depth-1) = {2 ** (m.depth - 1)}",
         ),
+        *_data_checks(config),
+        (
+            math.isfinite(config.train.lr) and config.train.lr > 0,
+            f"train.lr must be a positive number, got {config.train.lr}",
+        ),
+        (0.0 < s.threshold < 1.0, "scoring.threshold must be in (0, 1)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -190,6 +208,24 @@ def validate(config: Config) -> None:
             f"{loop_cfg.iterations} iterations x k={loop_cfg.query_size} need {needed} pool "
             f"patches but data.n_pool is {budget}; lower loop.iterations or raise data.n_pool"
         )
+
+
+def _data_checks(config: Config) -> list[tuple[bool, str]]:
+    """(ok, message) pairs for the ``data`` section: pixel sizes positive, set sizes >= 1."""
+    d = config.data
+    sizes = {
+        "data.pixel_size": d.pixel_size,
+        "data.source_pixel_size (--pixel-size)": d.source_pixel_size,
+    }
+    checks = [
+        (value is None or (math.isfinite(value) and value > 0),
+         f"{key} must be a positive number of µm, got {value}; leave it out if unknown")
+        for key, value in sizes.items()
+    ]  # fmt: skip
+    counts = {"data.n_initial": d.n_initial, "data.n_val": d.n_val, "data.n_test": d.n_test}
+    checks += [(n >= 1, f"{key} must be >= 1, got {n}") for key, n in counts.items()]
+    checks.append((d.n_pool is None or d.n_pool >= 0, f"data.n_pool must be >= 0, got {d.n_pool}"))
+    return checks
 
 
 def simulate(
@@ -209,7 +245,10 @@ def simulate(
     lc = config.loop
     data = prepare(config.data)  # before the run directory: bad data must not leave a run
     if lc.iterations * lc.query_size > len(data.split.pool):
-        raise UserError(f"the pool holds {len(data.split.pool)} patches, fewer than iterations x k")
+        raise UserError(
+            f"the pool holds {len(data.split.pool)} patches but {lc.iterations} iterations x "
+            f"k={lc.query_size} need {lc.iterations * lc.query_size}; lower --iterations or -k"
+        )
     with RunDirectory(out, config, resume) as run:
         run.load_or_save_split(data.split.to_dict())
         log(
@@ -235,7 +274,12 @@ def simulate(
                     data.split.initial.tolist(), data.split.pool.tolist(), records
                 )
 
-                def persist(it: loop.Iteration, rep: int = rep, seed: int = seed) -> None:
+                sink = _MapsSink(run, strategy.name, rep, lc.save_maps)
+
+                def persist(
+                    it: loop.Iteration, rep: int = rep, seed: int = seed, sink: _MapsSink = sink
+                ) -> None:
+                    sink.commit()
                     _persist(run, learner, config, it, rep, seed)
                     r = it.record
                     log(
@@ -245,19 +289,78 @@ def simulate(
                     )
                     bar.update()
 
-                loop.run(
-                    learner,
-                    oracle,
-                    strategy,
-                    state,
-                    lc.iterations,
-                    lc.query_size,
-                    seed,
-                    start=len(records),
-                    on_iteration=persist,
-                )
+                try:
+                    loop.run(
+                        learner,
+                        oracle,
+                        strategy,
+                        state,
+                        lc.iterations,
+                        lc.query_size,
+                        seed,
+                        start=len(records),
+                        on_iteration=persist,
+                        chunk=pool_chunk(config.data.patch_size),
+                        on_chunk=sink,
+                    )
+                except TrainingDiverged as exc:
+                    done = len(run.records(strategy.name, rep))
+                    raise TrainingDiverged(
+                        f"{strategy.name} repetition {rep} iteration {done}: {exc}. The "
+                        f"finished iterations stay in {out}; a run holds one config, so "
+                        "start a new --out with the lower train.lr"
+                    ) from exc
+                finally:
+                    sink.discard()
         bar.close()
+        size, files = disk_usage(out)
+        log(f"run directory {out}: {size / 1e6:.1f} MB in {files} files")
     return out
+
+
+MAPS_CHUNK_BYTES = 16 * 2**20
+"""Scoring works on chunks of the pool whose float32 maps take about this many bytes."""
+
+
+def pool_chunk(patch_size: int) -> int:
+    """Patches per scoring chunk for ``patch_size`` px patches: about 8 float32 maps of a
+    patch (MC sums, mean, std, distance weights, ranking map) fit :data:`MAPS_CHUNK_BYTES`
+    ``// 8`` each; at least 1 (128 patches of 64 px, 2 of 512 px)."""
+    return max(1, MAPS_CHUNK_BYTES // (patch_size * patch_size * 4 * 8))
+
+
+class _MapsSink:
+    """Receives the scored chunks of one strategy and repetition and streams their maps
+    (ranking ``map``, MC ``std`` and ``mean``, float16) to the iteration's ``maps/`` file;
+    :meth:`commit` puts the file in place. Nothing is written with ``enabled`` false or for
+    a strategy without maps."""
+
+    def __init__(self, run: RunDirectory, strategy: str, rep: int, enabled: bool) -> None:
+        self.run, self.strategy, self.rep, self.enabled = run, strategy, rep, enabled
+        self.writer: MapsWriter | None = None
+
+    def __call__(self, chunk: loop.Chunk) -> None:
+        if not self.enabled or chunk.scores.maps is None:
+            return
+        if self.writer is None:
+            self.writer = self.run.maps_writer(
+                self.strategy, self.rep, chunk.iteration, chunk.pool_size
+            )
+        maps = {"map": chunk.scores.maps}
+        if chunk.stats is not None:
+            maps.update(std=chunk.stats.std[:, 0], mean=chunk.stats.mean[:, 0])
+        arrays = {k: v.half().numpy() for k, v in maps.items()}
+        self.writer.add(chunk.ids, chunk.scores.scores, **arrays)
+
+    def commit(self) -> None:
+        if self.writer is not None:
+            self.writer.commit()
+            self.writer = None
+
+    def discard(self) -> None:
+        if self.writer is not None:
+            self.writer.discard()
+            self.writer = None
 
 
 def _upper_bound(
@@ -283,14 +386,10 @@ def _upper_bound(
 def _persist(
     run: RunDirectory, learner: UNetLearner, config: Config, it: loop.Iteration, rep: int, seed: int
 ) -> None:
-    """Maps and checkpoint first, the record last: a record marks a completed iteration."""
+    """Checkpoint first (the maps are in place already), the record last: a record marks a
+    completed iteration; a crash before it only repeats the iteration, rewriting the same
+    files."""
     name, i = it.record["strategy"], it.record["iteration"]
-    if config.loop.save_maps and it.scores is not None and it.scores.maps is not None:
-        arrays = {"ids": it.pool, "scores": it.scores.scores, "map": it.scores.maps.half().numpy()}
-        if it.stats is not None:
-            arrays["std"] = it.stats.std[:, 0].half().numpy()
-            arrays["mean"] = it.stats.mean[:, 0].half().numpy()
-        run.save_maps(name, rep, i, **arrays)
     model = learner.trained_model()
     run.save_checkpoint(
         name,

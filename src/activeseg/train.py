@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from activeseg.config import TrainConfig
-from activeseg.errors import UserError
+from activeseg.errors import TrainingDiverged, UserError
 from activeseg.metrics import confusion, summarize
 from activeseg.model import probabilities, seeded_dropout
 from activeseg.runtime import Runtime
@@ -118,7 +118,9 @@ def fit(
 
     Batches are drawn without replacement from a reshuffled order (with replacement when
     ``N < batch_size``); every random draw (order, augmentation, dropout) comes from
-    ``generator``. A non-finite loss stops training with a :class:`UserError`.
+    ``generator``. A non-finite loss stops training with
+    :class:`~activeseg.errors.TrainingDiverged` (a :class:`UserError`); ``model`` is then
+    left half-trained and must be discarded.
     """
     if len(images) == 0:
         raise UserError("no labelled patches to train on")
@@ -147,7 +149,7 @@ def fit(
             loss_fn = losses[0] if step <= total // 2 else losses[1]
             loss = loss_fn(logits.float(), y)
             if not torch.isfinite(loss):
-                raise UserError(
+                raise TrainingDiverged(
                     f"training diverged: loss is {loss.item()} at step {step}; "
                     f"lower train.lr (now {cfg.lr})"
                 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,9 @@ def read_mask(path: Path) -> np.ndarray:
 
     Colour is converted to gray (alpha dropped), then binarised at half range: values above
     0.5 if the maximum is <= 1, else above half the dtype range (127.5 for uint8, 32767.5 for
-    uint16; for floats half the maximum). Anti-aliased edges therefore snap to 0 or 1.
+    uint16; for floats half the maximum). Anti-aliased edges therefore snap to 0 or 1. A mask
+    with more than 1 % of its pixels at intermediate levels (a label image or a soft mask) is
+    binarised the same way, with a warning.
 
     Raises:
         UserError: the file is missing, unreadable, multi-page/3-D, or not finite.
@@ -63,12 +66,32 @@ def read_mask(path: Path) -> np.ndarray:
     gray = _luminance(raw, path)
     peak = float(gray.max()) if gray.size else 0.0
     if peak <= 1:
-        threshold = 0.5
+        threshold, full = 0.5, 1.0
     elif np.issubdtype(raw.dtype, np.floating):
-        threshold = peak / 2
+        threshold, full = peak / 2, peak
     else:
-        threshold = _dtype_max(raw.dtype) / 2
+        threshold, full = _dtype_max(raw.dtype) / 2, _dtype_max(raw.dtype)
+    _warn_if_multilevel(path, gray, full, threshold)
     return (gray > threshold).astype(np.uint8)
+
+
+MULTILEVEL_FRACTION = 0.01
+"""A mask with more than this fraction of pixels strictly between 0 and full scale is
+not an anti-aliased binary mask (edges alone stay well below 1 %) and gets a warning."""
+
+
+def _warn_if_multilevel(path: Path, gray: np.ndarray, full: float, threshold: float) -> None:
+    between = (gray > 0) & (gray < full)
+    if gray.size and between.mean() > MULTILEVEL_FRACTION:
+        levels = np.unique(gray[between])
+        shown = ", ".join(f"{v:g}" for v in levels[:4]) + (", ..." if len(levels) > 4 else "")
+        warnings.warn(
+            f"mask {path}: {between.mean():.0%} of its pixels lie between 0 and {full:g} "
+            f"(levels {shown}); binarised at > {threshold:g}. If it is a label image with "
+            "several classes (e.g. AxonDeepSeg axon 255, myelin 127), export the myelin mask "
+            "alone as 0/255.",
+            stacklevel=3,
+        )
 
 
 def write_mask_png(path: Path, mask: np.ndarray) -> None:

@@ -147,7 +147,7 @@ def tile(samples: Sequence[Sample], patch_size: int) -> PatchSet:
     An ``H x W`` image gives ``floor(H/P) * floor(W/P)`` patches in row-major order; the grid
     is centred, its top-left corner at ``((H mod P) // 2, (W mod P) // 2)``. ``source[i]`` is
     the index of the patch's sample in ``samples``. An image smaller than one patch gives none
-    and a warning. ``pixel_size`` is the samples' common pixel size, else ``None``.
+    (one warning lists them all, unless no image gives a patch: then an error). ``pixel_size`` is the samples' common pixel size, else ``None``.
 
     Raises:
         UserError: no sample at all, duplicate names, ``patch_size < 1``, or no patch.
@@ -161,17 +161,13 @@ def tile(samples: Sequence[Sample], patch_size: int) -> PatchSet:
         dup = sorted({n for n in names if names.count(n) > 1})
         raise UserError(f"source image names must be unique; repeated: {', '.join(dup)}")
     p = patch_size
-    images, masks, sources, origins = [], [], [], []
+    images, masks, sources, origins, small = [], [], [], [], []
     for index, sample in enumerate(samples):
         _check_sample(sample)
         h, w = sample.image.shape
         rows, cols = h // p, w // p
         if rows == 0 or cols == 0:
-            warnings.warn(
-                f"{sample.name}: image of {h}x{w} px is smaller than one patch of {p}x{p} px; "
-                "it gives no patch",
-                stacklevel=2,
-            )
+            small.append(f"{sample.name} ({h}x{w} px)")
             continue
         r0, c0 = (h - rows * p) // 2, (w - cols * p) // 2
         images.append(_grid(sample.image.astype(np.float32, copy=False), r0, c0, rows, cols, p))
@@ -179,6 +175,12 @@ def tile(samples: Sequence[Sample], patch_size: int) -> PatchSet:
         sources.append(np.full(rows * cols, index, dtype=np.int64))
         rr, cc = np.meshgrid(r0 + p * np.arange(rows), c0 + p * np.arange(cols), indexing="ij")
         origins.append(np.stack([rr.ravel(), cc.ravel()], axis=1).astype(np.int64))
+    if small and images:
+        shown = ", ".join(small[:5]) + (", ..." if len(small) > 5 else "")
+        warnings.warn(
+            f"{len(small)} image(s) smaller than one patch of {p}x{p} px give no patch: {shown}",
+            stacklevel=2,
+        )
     if not images:
         largest = max(samples, key=lambda s: min(s.image.shape)).image.shape
         raise UserError(

@@ -224,12 +224,24 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _make_sample(name: str, image_path: Path, mask_path: Path, pixel_size: float | None) -> Sample:
-    """Read an image and its mask; raise if their shapes differ."""
+    """Read an image and its mask; raise if their shapes differ.
+
+    A mask without foreground, or foreground everywhere, is accepted with a warning: a
+    region without myelin is real data, but such a mask is also what an inverted or empty
+    export looks like.
+    """
     image, mask = read_image(image_path), read_mask(mask_path)
     if image.shape != mask.shape:
         raise UserError(
             f"image {image_path} is {image.shape[1]}×{image.shape[0]} pixels but its mask "
             f"{mask_path} is {mask.shape[1]}×{mask.shape[0]}; they must match."
+        )
+    if not mask.any() or mask.all():
+        what = "no foreground (myelin) pixel" if not mask.any() else "foreground everywhere"
+        warnings.warn(
+            f"mask {mask_path} has {what}; used as it is. Check that it is not empty or "
+            "inverted (foreground = myelin must be the bright value, e.g. 255 on 0).",
+            stacklevel=3,
         )
     return Sample(name=name, image=image, mask=mask, pixel_size=pixel_size, path=image_path)
 
