@@ -1,13 +1,16 @@
 """Command line: argument parsing only; every command calls a plain function.
 
-``main(argv) -> int`` returns the exit code: 0 on success, 2 for a user error (printed as one
-line naming the file or option, no traceback).
+``main(argv) -> int`` returns the exit code: 0 on success (and after ``--help`` /
+``--version``), 2 for a user error or a usage error (printed as one line naming the file or
+option, no traceback), 1 for an operating-system error such as a full disk, 130 when
+interrupted. Warnings print as one line ``activeseg: warning: ...`` each.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -88,15 +91,39 @@ def simulate_config(args: argparse.Namespace) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
-        return _run(args)
-    except UserError as exc:
-        print(f"activeseg: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("activeseg: interrupted; continue with --resume", file=sys.stderr)
-        return 130
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 after --help / --version, 2 for a usage error
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = _show_warning
+        try:
+            return _run(args)
+        except UserError as exc:
+            print(f"activeseg: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("activeseg: interrupted; continue with --resume", file=sys.stderr)
+            return 130
+        except OSError as exc:  # a full disk, lost permissions: finished iterations are kept
+            print(
+                f"activeseg: error: {exc}; fix the cause, then continue with --resume",
+                file=sys.stderr,
+            )
+            return 1
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """Warnings as one line each, without the source location."""
+    print(f"activeseg: warning: {message}", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:
