@@ -103,14 +103,14 @@ def score_pool(
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     size = chunk if strategy.needs_mc else max(len(pool), 1)
-    parts = []
+    out = np.empty(len(pool), dtype=np.float64)  # allocated first: chunks leave no holes
     for start in range(0, len(pool), size):
         ids = pool[start : start + size]
         stats = learner.statistics(ids, mc_seed) if strategy.needs_mc else None
         scores = strategy.score(stats, len(ids), rng)
         on_chunk(Chunk(iteration, len(pool), ids, scores, stats))
-        parts.append(np.asarray(scores.scores, dtype=np.float64))
-    return np.concatenate(parts) if parts else np.zeros(0)
+        out[start : start + len(ids)] = scores.scores
+    return out
 
 
 def resume_state(

@@ -181,8 +181,8 @@ class MapsWriter:
         self.path, self.n = path, n
         self._dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
         self._files: dict[str, IO[bytes]] = {}
-        self._ids: list[np.ndarray] = []
-        self._scores: list[np.ndarray] = []
+        self._ids = np.zeros(n, dtype=np.int64)  # allocated up front: no growth per chunk
+        self._scores = np.zeros(n, dtype=np.float64)
         self._written = 0
 
     def add(self, ids: np.ndarray, scores: np.ndarray, **maps: np.ndarray) -> None:
@@ -200,8 +200,8 @@ class MapsWriter:
             if name not in self._files:
                 self._files[name] = self._open_npy(name, (self.n, *array.shape[1:]))
             self._files[name].write(np.ascontiguousarray(array, dtype=np.float16).tobytes())
-        self._ids.append(np.asarray(ids, dtype=np.int64))
-        self._scores.append(np.asarray(scores, dtype=np.float64))
+        self._ids[self._written : self._written + k] = ids
+        self._scores[self._written : self._written + k] = scores
         self._written += k
 
     def _open_npy(self, name: str, shape: tuple[int, ...]) -> IO[bytes]:
@@ -219,9 +219,9 @@ class MapsWriter:
         self._close_files()
         archive = self._dir / "maps.npz"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
-            for name, parts in (("ids", self._ids), ("scores", self._scores)):
+            for name, values in (("ids", self._ids), ("scores", self._scores)):
                 buffer = io.BytesIO()
-                np.save(buffer, np.concatenate(parts) if parts else np.zeros(0))
+                np.save(buffer, values)
                 zf.writestr(f"{name}.npy", buffer.getvalue())
             for name in self._files:
                 zf.write(self._dir / f"{name}.npy", f"{name}.npy")

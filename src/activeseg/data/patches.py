@@ -147,7 +147,8 @@ def tile(samples: Sequence[Sample], patch_size: int) -> PatchSet:
     An ``H x W`` image gives ``floor(H/P) * floor(W/P)`` patches in row-major order; the grid
     is centred, its top-left corner at ``((H mod P) // 2, (W mod P) // 2)``. ``source[i]`` is
     the index of the patch's sample in ``samples``. An image smaller than one patch gives none
-    (one warning lists them all, unless no image gives a patch: then an error). ``pixel_size`` is the samples' common pixel size, else ``None``.
+    (one warning lists them all, unless no image gives a patch: then an error).
+    ``pixel_size`` is the samples' common pixel size, else ``None``.
 
     Raises:
         UserError: no sample at all, duplicate names, ``patch_size < 1``, or no patch.
