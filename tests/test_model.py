@@ -40,13 +40,13 @@ def warmed_up(seed: int = 0, dropout: float = 0.2) -> UNet:
 
 
 def test_unet_maps_images_to_one_logit_channel_of_the_same_size() -> None:
-    model = make_unet()
+    model = make_unet().eval()  # training-mode dropout would need a generator
     assert model(batch(size=32)).shape == (2, 1, 32, 32)
     assert model.divisor == 4
 
 
 def test_unet_with_two_output_channels_gives_softmax_probabilities() -> None:
-    model = UNet(1, 2, depth=2, base_filters=4)
+    model = UNet(1, 2, depth=2, base_filters=4).eval()
     probs = probabilities(model(batch(size=16)))
     assert probs.shape == (2, 2, 16, 16)
     torch.testing.assert_close(probs.sum(1), torch.ones(2, 16, 16))

@@ -24,6 +24,7 @@ from activeseg.acquisition import get_strategy, select_top_k
 from activeseg.config import Config, with_overrides
 from activeseg.errors import TrainingDiverged, UserError
 from activeseg.loop import score_pool
+from activeseg.model import UNet
 from activeseg.rundir import MapsWriter, RunDirectory, read_records
 from activeseg.runtime import numpy_generator, resolve
 from activeseg.simulate import UNetLearner, prepare, simulate
@@ -292,3 +293,13 @@ def test_an_incomplete_maps_writer_is_refused_and_discarded_without_trace(tmp_pa
         writer.add(np.arange(2), np.zeros(2), std=np.zeros((2, 4, 4)))
     writer.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_active_dropout_without_a_generator_refuses_the_global_rng() -> None:
+    with torch.random.fork_rng(devices=[]):
+        net = UNet(1, 1, depth=2, base_filters=2, dropout=0.5).train()
+    state = torch.random.get_rng_state()
+    with pytest.raises(RuntimeError, match="no generator; run the model inside seeded_dropout"):
+        net(torch.zeros(1, 1, 8, 8))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    net.eval()(torch.zeros(1, 1, 8, 8))  # evaluation mode draws nothing

@@ -24,7 +24,8 @@ from torch import nn
 class MCDropout(nn.Module):
     """Element-wise dropout drawing its masks from ``self.generator``.
 
-    Active when the module is training or when ``self.mc`` is set (MC-dropout inference).
+    Active when the module is training or when ``self.mc`` is set (MC-dropout inference);
+    active without a generator it raises instead of drawing from the global RNG.
     """
 
     def __init__(self, p: float) -> None:
@@ -38,6 +39,11 @@ class MCDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0 or not (self.training or self.mc):
             return x
+        if self.generator is None:
+            raise RuntimeError(
+                "dropout is active but has no generator; run the model inside seeded_dropout() "
+                "or mc_dropout() (masks never come from the global RNG)"
+            )
         keep = 1.0 - self.p
         mask = torch.empty_like(x).bernoulli_(keep, generator=self.generator)
         return x * mask * (1.0 / keep)
