@@ -217,11 +217,11 @@ def compute_verdict(
 _VERDICT_FIELDS = (
     ("final", "final test Dice"),
     ("aulc", "AULC"),
-    ("to_baseline", "added patches to random's final Dice"),
-    ("hours_to_baseline", "hours (h)"),
-    ("to_upper", f"added patches to {UPPER_FRACTION:.0%} of whole pool"),
-    ("hours_to_upper", "hours (h)"),
-    ("hours_budget", "hours for all added patches"),
+    ("to_baseline", f"added patches to reach {BASELINE}'s final Dice"),
+    ("hours_to_baseline", "their annotation hours"),
+    ("to_upper", f"added patches to reach {UPPER_FRACTION:.0%} of the whole-pool Dice"),
+    ("hours_to_upper", "their annotation hours"),
+    ("hours_budget", "annotation hours of all added patches"),
 )
 
 
@@ -268,7 +268,8 @@ def _definitions(v: Verdict) -> str:
         f"mean Dice over the budget. Hours = myelinated axons (connected components of the "
         f"ground truth) in those patches x {v.minutes_per_axon:g} min. A strategy differs "
         f"from {BASELINE} only if a paired t-test over repetitions on the AULC gives "
-        f"p < {ALPHA}; otherwise the difference is called within noise. Spread: sample std."
+        f"p < {ALPHA}; otherwise the difference is called within noise. Spread: sample std. "
+        "The whole-pool model is trained with the same number of steps as every iteration."
     )
 
 

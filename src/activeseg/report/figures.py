@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from activeseg.metrics import Reliability
 
@@ -76,6 +77,7 @@ def _draw(ax: Axes, series: Sequence[Series], levels: Sequence[Level] = ()) -> N
         ax.axhline(lv.mean, color=lv.color, ls=lv.style, lw=1.2, label=lv.label)
         if np.isfinite(lv.std):
             ax.axhspan(lv.mean - lv.std, lv.mean + lv.std, color=lv.color, alpha=0.07, lw=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
 
 
@@ -136,7 +138,7 @@ def reliability_figure(curves: dict[str, list[tuple[str, Reliability]]]) -> Figu
                 markersize=3,
                 color=strategy_color(name),
                 alpha=alpha,
-                label=f"{label} (ECE {rel.ece:.3f})",
+                label=f"{label} (pooled ECE {rel.ece:.3f})",
             )
         ax.set(
             xlim=(0, 1),

@@ -14,6 +14,7 @@ h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em
 .verdict { background: #f4f7fb; border-left: 4px solid #4c72b0; padding: 0.6em 1em; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+td { white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f0f0f0; }
 figure { margin: 1.2em 0; } figcaption { color: #555; font-size: 0.9em; }
