@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,13 @@ from scipy import ndimage, stats
 from activeseg.cli import main
 from activeseg.config import Config, load_yaml, with_overrides
 from activeseg.metrics import auroc, reliability, uncertainty_quality
-from activeseg.report.build import compute_verdict
+from activeseg.report.build import compute_verdict, write_report
 from activeseg.report.records import Run
 from activeseg.report.verdict import (
     Spread,
     StrategyCurves,
     aulc,
+    count_axons,
     paired_test,
     patches_to_reach,
     sentences,
@@ -137,6 +139,22 @@ def test_verdict_says_when_a_strategy_is_clearly_better() -> None:
     (sentence,) = sentences(v)
     assert sentence.startswith("std_edt learns faster than random")
     assert "within noise" not in sentence
+
+
+def test_count_axons_counts_8_connected_myelin_rings() -> None:
+    def rings(*columns: int) -> np.ndarray:
+        """Rings (sheaths, 1 pixel thick) of 5 x 5 pixels whose left edge is at ``columns``."""
+        mask = np.zeros((7, 16), dtype=np.uint8)
+        for c in columns:
+            mask[1:6, c : c + 5] = 1
+        for c in columns:
+            mask[2:5, c + 1 : c + 4] = 0
+        return mask
+
+    diagonal = np.pad(np.eye(4, dtype=np.uint8), ((0, 3), (0, 12)))  # corners touch: one
+    masks = [rings(1), rings(1, 8), rings(1, 5), diagonal, np.zeros((7, 16), np.uint8)]
+    # two apart -> 2; sharing a column (touching sheaths merge, an undercount) -> 1
+    assert count_axons(np.stack(masks)[:, None]).tolist() == [1, 2, 1, 1, 0]
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -297,3 +315,15 @@ def test_verdict_csv_equals_records(run_dir: Path) -> None:
         picks = records[-1]["labelled"][len(split["initial"]) :]
         axons = sum(ndimage.label(masks[p, 0], np.ones((3, 3)))[1] for p in picks)
         assert float(row["hours_budget"]) == pytest.approx(axons * 3 / 60)
+
+
+def test_report_without_the_data_leaves_out_images_and_hours(run_dir: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved, ignore=shutil.ignore_patterns("report", "checkpoints"))
+    config = (moved / "config.yaml").read_text().replace("source: synthetic", "source: /no/data")
+    (moved / "config.yaml").write_text(config)
+    page = write_report(moved, tmp_path / "elsewhere" / "r.html").read_text()
+    assert "Data not loaded" in page
+    rows = _csv(tmp_path / "elsewhere" / "verdict.csv")
+    assert all(r["hours_budget_known"] == "0" for r in rows)
+    assert (tmp_path / "elsewhere" / "maps_std_edt.png").exists()  # maps are in the run

@@ -264,10 +264,11 @@ def selection_figure(strategies: Sequence[Picks], pool_size: int, repetitions: i
         ax.set(
             title=f"{s.name}: {s.unique} unique of {len(s.picks)} picks",
             xlabel="iteration at which the patch was picked",
-            ylim=(-1, pool_size),
+            ylim=(-1, pool_size * 1.2 + 1),  # room for the legend
         )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small", loc="upper right")
+        ax.legend(fontsize="x-small")
     axes[0].set_ylabel("pool patch (position in the pool)")
     return fig
 
@@ -306,6 +307,7 @@ def scores_figure(scores: dict[str, list[tuple[int, int, np.ndarray, np.ndarray]
             xlabel="iteration",
             ylabel=f"{name} score of a pool patch",
         )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
     return fig
