@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,13 +16,16 @@ import pytest
 import tifffile
 import yaml
 from conftest import TINY_OVERRIDES
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from activeseg.cli import main
 from activeseg.config import preset, save_yaml, to_dict
-from activeseg.data.patches import tile
+from activeseg.data.images import read_image, read_mask
+from activeseg.data.patches import Normalizer, tile
 from activeseg.data.phantom import make_phantom
-from activeseg.data.sources import load_source
+from activeseg.data.sources import Sample, load_source
 from activeseg.errors import UserError
 from activeseg.rundir import read_records
 
@@ -354,3 +359,71 @@ def test_odd_formats_run_end_to_end_with_one_line_warnings(
     assert "no pixel size for 6 image(s)" in text and "--pixel-size" in text
     assert "Traceback" not in err and "warnings.warn" not in err
     assert len(read_records(out / "records-std_edt-rep0.jsonl")) == 3
+
+
+# --- property: odd arrays through reading and preprocessing ------------------------------
+
+DTYPES = ["uint8", "uint16", "int16", "float32", "float64", "bool"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    h=st.integers(1, 48),
+    w=st.integers(1, 48),
+    channels=st.sampled_from([0, 1, 3, 4]),
+    image_dtype=st.sampled_from(DTYPES),
+    mask_dtype=st.sampled_from(DTYPES),
+    scale=st.sampled_from([1.0, 255.0, 1e4, -3.0]),
+    p=st.integers(1, 20),
+    seed=st.integers(0, 2**16),
+)
+def test_property_odd_arrays_read_and_tile_into_finite_binary_patches(
+    h: int,
+    w: int,
+    channels: int,
+    image_dtype: str,
+    mask_dtype: str,
+    scale: float,
+    p: int,
+    seed: int,
+) -> None:
+    """Any 2-D array of these dtypes (gray or 1/3/4 channels) stored as TIFF reads as a
+    finite image in [0, 1] and a binary mask, and tiles into the expected patch count."""
+    # 1-bit colour TIFFs are not valid baseline TIFF: tifffile writes but cannot read them
+    # (read_image then refuses them with a UserError).
+    assume(channels < 3 or "bool" not in (image_dtype, mask_dtype))
+    rng = np.random.default_rng(seed)
+    shape = (h, w) if channels == 0 else (h, w, channels)
+
+    def array(dtype: str) -> np.ndarray:
+        values = rng.random(shape) * scale
+        if dtype == "bool":
+            return values > scale / 2
+        if np.issubdtype(np.dtype(dtype), np.integer):
+            info = np.iinfo(np.dtype(dtype))
+            return np.clip(values, info.min, info.max).astype(dtype)
+        return values.astype(dtype)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        image_path, mask_path = Path(tmp) / "image.tif", Path(tmp) / "mask.tif"
+        tifffile.imwrite(image_path, array(image_dtype), photometric=_photometric(channels))
+        tifffile.imwrite(mask_path, array(mask_dtype), photometric=_photometric(channels))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # multi-level masks warn; that is tested elsewhere
+            image, mask = read_image(image_path), read_mask(mask_path)
+    assert image.shape == mask.shape == (h, w) and image.dtype == np.float32
+    assert np.isfinite(image).all() and 0 <= image.min() and image.max() <= 1
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    expected = (h // p) * (w // p)
+    if expected == 0:
+        with pytest.raises(UserError, match="no image is as large as one patch"):
+            tile([Sample("s", image, mask, None)], p)
+        return
+    patches = tile([Sample("s", image, mask, None)], p)
+    assert len(patches) == expected and patches.images.shape == (expected, 1, p, p)
+    normalised = Normalizer.fit(patches.images)(patches.images)
+    assert np.isfinite(normalised).all() and set(np.unique(patches.masks)) <= {0, 1}
+
+
+def _photometric(channels: int) -> str:
+    return "rgb" if channels in (3, 4) else "minisblack"
