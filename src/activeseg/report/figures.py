@@ -203,12 +203,14 @@ def maps_figure(strategy: str, repetition: int, panels: Sequence[MapPanel]) -> F
             f"score {p.score:.4g}",
             fontsize="small",
         )
+    units = ["p(myelin)", "std of p(myelin) over MC samples", "per-pixel score"]
     for col, name in enumerate(columns):
         axes[0, col].set_title(name, fontsize="medium", loc="left")
         if col >= len(columns) - 3:
-            fig.colorbar(
+            bar = fig.colorbar(
                 images[col], ax=axes[:, col], location="bottom", shrink=0.9, aspect=15, extend="max"
             )
+            bar.set_label(units[col - len(columns) + 3], fontsize="small")
     fig.suptitle(f"{strategy}, repetition {repetition}: the patch selected at each iteration")
     return fig
 
