@@ -113,6 +113,7 @@ def test_missing_and_unsupported_files_are_user_errors(tmp_path: Path) -> None:
 # --- read_mask / write_mask_png ---------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:mask .* of its pixels lie between")  # tiny masks
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
@@ -130,6 +131,7 @@ def test_read_mask_binarises_at_half_range(
     np.testing.assert_array_equal(mask, [expected])
 
 
+@pytest.mark.filterwarnings("ignore:mask .* of its pixels lie between")  # tiny masks
 def test_read_mask_uint16_and_float_and_colour(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "u16.tif", np.array([[0, 30000, 40000, 65535]], np.uint16))
     np.testing.assert_array_equal(read_mask(tmp_path / "u16.tif"), [[0, 0, 1, 1]])
