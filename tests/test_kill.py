@@ -28,10 +28,10 @@ KILLS = 4
 TIMEOUT = 120.0  # seconds any one process may take
 
 
-def start(out: Path, resume: bool) -> subprocess.Popen[bytes]:
+def start(out: Path, resume: bool, env: dict[str, str] = ENV) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "activeseg.cli", "simulate", "--preset", "demo", *TINY_SETS]
     args += ["--quiet", "--out", str(out), *(["--resume"] if resume else [])]
-    return subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def lines_written(out: Path) -> int:
@@ -84,6 +84,45 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(
         f"temporaries), resumed to the reference in {time.monotonic() - began:.0f} s"
     )
     assert killed >= 2
+
+
+KILL_AT_RENAME = """
+import os, signal
+_rename, _calls = os.replace, 0
+def _replace(src, dst, *args, **kwargs):
+    global _calls
+    _calls += 1
+    if _calls == int(os.environ["KILL_AT_RENAME"]):
+        os.kill(os.getpid(), signal.SIGKILL)  # the temporary is complete, not yet renamed
+    return _rename(src, dst, *args, **kwargs)
+os.replace = _replace
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_between_writing_a_temporary_and_renaming_it_is_harmless(
+    tiny_config: Config, tmp_path: Path
+) -> None:
+    """Each process kills itself at its n-th ``os.replace`` (a ``sitecustomize`` hook), i.e.
+    with a finished temporary that never got its final name; the resume ignores and removes
+    it and the run ends equal to an uninterrupted one."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_AT_RENAME)
+    out = tmp_path / "killed"
+    stranded = 0
+    for n, at in enumerate((4, 9, 15)):
+        env = {**ENV, "PYTHONPATH": f"{hook}{os.pathsep}{ENV['PYTHONPATH']}"}
+        process = start(out, resume=n > 0, env={**env, "KILL_AT_RENAME": str(at)})
+        assert process.wait(timeout=TIMEOUT) == -signal.SIGKILL
+        stranded += len(list(out.rglob(".*.tmp")))
+    assert stranded >= 3  # every kill left its temporary behind
+    final = start(out, resume=True)
+    _, err = final.communicate(timeout=TIMEOUT)
+    assert final.returncode == 0, err.decode()
+    assert not list(out.rglob("*.tmp"))
+    reference = run_quietly(tiny_config, tmp_path / "reference")
+    assert run_contents(out) == run_contents(reference)
 
 
 def scoring_memory(pool: int) -> dict[str, float]:
