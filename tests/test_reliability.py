@@ -303,3 +303,35 @@ def test_active_dropout_without_a_generator_refuses_the_global_rng() -> None:
         net(torch.zeros(1, 1, 8, 8))
     assert torch.equal(torch.random.get_rng_state(), state)
     net.eval()(torch.zeros(1, 1, 8, 8))  # evaluation mode draws nothing
+
+
+def test_a_full_disk_stops_with_one_line_and_exit_1_and_the_run_resumes(
+    reference: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from conftest import TINY_OVERRIDES
+
+    from activeseg import rundir
+    from activeseg.cli import main
+
+    original = rundir.atomic_write_bytes
+    writes = 0
+
+    def fills_up(path: Path, data: bytes) -> None:
+        nonlocal writes
+        writes += 1
+        if writes == 7:
+            raise OSError(28, "No space left on device", str(path))
+        original(path, data)
+
+    sets = [a for k, v in TINY_OVERRIDES.items() for a in ("--set", f"{k}={v}")]
+    args = ["simulate", "--preset", "demo", "--quiet", "--out", str(tmp_path / "run"), *sets]
+    with monkeypatch.context() as patch:
+        patch.setattr(rundir, "atomic_write_bytes", fills_up)
+        assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "--resume" in err[0]
+    assert main([*args, "--resume"]) == 0
+    assert run_contents(tmp_path / "run") == run_contents(reference)
