@@ -188,8 +188,10 @@ class MapsWriter:
     def add(self, ids: np.ndarray, scores: np.ndarray, **maps: np.ndarray) -> None:
         """Append the next ``k`` patches: ``ids`` and ``scores`` ``[k]``, maps ``[k, H, W]``."""
         k = len(ids)
-        if self._written + k > self.n or len(scores) != k:
+        if self._written + k > self.n:
             raise ValueError(f"{k} more patches than the {self.n - self._written} expected")
+        if len(scores) != k:
+            raise ValueError(f"{len(scores)} scores for {k} patches")
         if self._written and set(maps) != set(self._files):
             raise ValueError(
                 f"maps {sorted(maps)} differ from the first chunk's {sorted(self._files)}"
