@@ -127,6 +127,8 @@ def _show_warning(
 
 
 def _run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from activeseg.report import text_summary, write_report
     from activeseg.simulate import simulate
 
@@ -137,13 +139,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"report: {write_report(args.run_dir, args.out, args.minutes_per_axon).resolve()}")
         return 0
     if args.command == "demo":
-        config = preset("demo")
-        out = simulate(
-            config, args.out, resume=(args.out / "config.yaml").exists(), progress=not args.quiet
-        )
+        config, resume = preset("demo"), (args.out / "config.yaml").exists()
     else:
-        config = simulate_config(args)
-        out = simulate(config, args.out, resume=args.resume, progress=not args.quiet)
+        config, resume = simulate_config(args), args.resume
+    log = (lambda line: None) if args.quiet else tqdm.write
+    out = simulate(config, args.out, resume=resume, progress=not args.quiet, log=log)
     print(text_summary(out))
     print(f"results: {out.resolve()}")
     print(f"report: {write_report(out).resolve()}")

@@ -146,7 +146,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data.n_pool": 40,
         "model.depth": 4,
         "model.base_filters": 8,
-        "train.epochs": 60,
+        "train.epochs": 50,
         "train.steps_per_epoch": 2,
         "train.batch_size": 8,
         "train.validate_every": 10,
@@ -231,10 +231,13 @@ def from_dict(data: dict[str, Any], where: str = "config") -> Config:
             f"{where}: config schema {schema!r} is not {SCHEMA_VERSION}; "
             "it was written by another version of activeseg — start a new run directory"
         )
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise UserError(f"{where}: section {section!r} must be a mapping of settings")
     flat = {
         f"{section}.{key}": value
         for section, values in data.items()
-        for key, value in (values or {}).items()
+        for key, value in values.items()
     }
     return with_overrides(Config(), flat)
 
@@ -267,6 +270,8 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
                 return None
         inner = [a for a in args if a is not type(None)]
         return _convert(value, inner[0], key)
+    if value is None:
+        raise UserError(f"setting {key} cannot be empty (null)")
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(_convert(v.strip() if isinstance(v, str) else v, args[0], key) for v in items)
