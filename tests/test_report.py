@@ -66,6 +66,7 @@ def test_paired_test_matches_scipy() -> None:
 def test_spread_text() -> None:
     assert Spread((1.0, 3.0)).text(1) == "2.0 ± 1.4"
     assert Spread((1.0, None, 3.0)).text(1) == "2.0 ± 1.4 (2/3 reached)"
+    assert Spread((1.0, None, 3.0)).text(1, short=True) == "2.0 ± 1.4 (2/3)"
     assert Spread((None, None)).text() == "not reached (0/2)"
     assert Spread(()).text() == "n/a"
 
@@ -270,25 +271,26 @@ def test_report_files_exist_and_html_embeds_every_figure(run_dir: Path) -> None:
     assert "within noise" in page or "learns" in page
 
 
-def test_learning_curve_csv_equals_records(run_dir: Path) -> None:
+@pytest.mark.parametrize("metric", ["test_dice", "test_ece"])
+def test_learning_curve_csv_equals_records(run_dir: Path, metric: str) -> None:
     rows = _csv(run_dir / "report" / "learning_curves.csv")
     split = json.loads((run_dir / "split.json").read_text())
     checked = 0
     for strategy in ("random", "std_edt"):
         records = [r for p in run_dir.glob(f"records-{strategy}-*") for r in _jsonl(p)]
         for it in range(3):
-            dice = [r["test_dice"] for r in records if r["iteration"] == it]
+            values = [r[metric] for r in records if r["iteration"] == it]
             n = len(split["initial"]) + it
             (row,) = [
                 r
                 for r in rows
-                if (r["strategy"], r["metric"], r["n_labelled"]) == (strategy, "test_dice", str(n))
+                if (r["strategy"], r["metric"], r["n_labelled"]) == (strategy, metric, str(n))
             ]
-            assert float(row["mean"]) == pytest.approx(np.mean(dice), rel=1e-12)
-            assert float(row["std"]) == pytest.approx(np.std(dice, ddof=1), rel=1e-12)
+            assert float(row["mean"]) == pytest.approx(np.mean(values), rel=1e-12)
+            assert float(row["std"]) == pytest.approx(np.std(values, ddof=1), rel=1e-12)
             checked += 1
-    upper = [u["test_dice"] for u in _jsonl(run_dir / "upper_bound.jsonl")]
-    (row,) = [r for r in rows if (r["strategy"], r["metric"]) == ("upper_bound", "test_dice")]
+    upper = [u[metric] for u in _jsonl(run_dir / "upper_bound.jsonl")]
+    (row,) = [r for r in rows if (r["strategy"], r["metric"]) == ("upper_bound", metric)]
     assert float(row["mean"]) == pytest.approx(np.mean(upper), rel=1e-12)
     assert checked == 6
 

@@ -214,14 +214,14 @@ def compute_verdict(
     return verdict(strategy_curves, upper, minutes_per_axon)
 
 
-_VERDICT_FIELDS = (
+_VERDICT_FIELDS = (  # field of StrategyVerdict, column header
     ("final", "final test Dice"),
     ("aulc", "AULC"),
-    ("to_baseline", f"added patches to reach {BASELINE}'s final Dice"),
-    ("hours_to_baseline", "their annotation hours"),
-    ("to_upper", f"added patches to reach {UPPER_FRACTION:.0%} of the whole-pool Dice"),
-    ("hours_to_upper", "their annotation hours"),
-    ("hours_budget", "annotation hours of all added patches"),
+    ("to_baseline", f"patches to {BASELINE}'s final Dice"),
+    ("hours_to_baseline", "hours"),
+    ("to_upper", f"patches to {UPPER_FRACTION:.0%} of whole pool"),
+    ("hours_to_upper", "hours"),
+    ("hours_budget", "hours, all added"),
 )
 
 
@@ -236,17 +236,28 @@ def _verdict_section(ctx: Context) -> Section:
     rows = []
     for s in v.strategies:
         cells = [
-            getattr(s, f).text(1 if "to_" in f or "hours" in f else 3) for f, _ in _VERDICT_FIELDS
+            getattr(s, f).text(1 if "to_" in f or "hours" in f else 3, short=True)
+            for f, _ in _VERDICT_FIELDS
         ]
         p = s.versus_baseline
         vs = "—" if p is None else f"{p.mean:+.3f} ± {p.std:.3f} (p = {p.p:.2g})"
         rows.append([s.name, *cells[:2], vs, *cells[2:], str(unique.get(s.name, 0))])
     header = ["strategy", "final test Dice", "AULC", "AULC − random (paired)"]
     header += [label for _, label in _VERDICT_FIELDS[2:]] + ["unique picks"]
-    section.tables.append(
-        Table(header, rows, f"mean ± std over {v.repetitions} repetitions; x = added patches")
+    caption = (
+        f"mean ± std over {v.repetitions} repetitions; patches = added patches; hours = "
+        "estimated annotation hours of those patches; (2/3) = reached in 2 of 3 repetitions"
     )
+    section.tables.append(Table(header, rows, caption))
     section.text.append(_definitions(v))
+    if v.upper_target is not None and v.upper_target / UPPER_FRACTION <= max(
+        s.final.mean for s in v.strategies
+    ):
+        section.notes.append(
+            "The whole-pool model is not better than the final models of the strategies: with "
+            "this training budget more labels no longer help, so the 95 % target is reached "
+            "at once and says little. Train longer (train.epochs) to make it informative."
+        )
     if ctx.axons is None:
         section.notes.append("Annotation hours need the ground-truth masks, which were not loaded.")
     _write_verdict_csvs(ctx, v)
@@ -326,7 +337,9 @@ def _curves_section(ctx: Context) -> Section:
         fig = fg.curve_figure(series, f"test {label}", title, levels)
         name = f"learning_{label.lower()}"
         section.figures.append(ctx.figure(fig, name, title, half=metric != "test_dice"))
-        rows += _curve_rows(run, metric, series)
+        rows += _curve_rows(run, metric)
+    if any(r.get("test_ece") is not None for r in run.records):
+        rows += [row for metric in QUALITY_METRICS for row in _curve_rows(run, metric)]
     ctx.csv(
         "learning_curves.csv",
         ["strategy", "metric", "n_labelled", "added", "mean", "std", "n_repetitions"],
@@ -335,7 +348,8 @@ def _curves_section(ctx: Context) -> Section:
     return section
 
 
-def _curve_rows(run: Run, metric: str, series: list[fg.Series]) -> list[list[Any]]:
+def _curve_rows(run: Run, metric: str) -> list[list[Any]]:
+    """CSV rows of one metric: mean, std and count per strategy and iteration, upper bound."""
     n0 = len(run.split["initial"])
     rows: list[list[Any]] = []
     for name, table in _ordered(run, metric).items():

@@ -52,16 +52,18 @@ class Spread:
         """Sample std (ddof = 1); NaN with fewer than two values."""
         return float(self.known.std(ddof=1)) if len(self.known) >= 2 else math.nan
 
-    def text(self, digits: int = 3) -> str:
-        """``"0.812 ± 0.010"``; ``"6.0 ± 2.0 (2/3 reached)"``; ``"not reached (0/3)"``;
-        ``"n/a"``."""
+    def text(self, digits: int = 3, short: bool = False) -> str:
+        """``"0.812 ± 0.010"``; ``"6.0 ± 2.0 (2/3 reached)"`` (``short``: ``"(2/3)"``);
+        ``"not reached (0/3)"``; ``"n/a"``."""
         n, total = len(self.known), len(self.values)
         if n == 0:
             return f"not reached (0/{total})" if total else "n/a"
         body = f"{self.mean:.{digits}f}"
         if n >= 2:
             body += f" ± {self.std:.{digits}f}"
-        return body if n == total else f"{body} ({n}/{total} reached)"
+        if n == total:
+            return body
+        return f"{body} ({n}/{total})" if short else f"{body} ({n}/{total} reached)"
 
 
 def mean_std(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -272,4 +274,4 @@ def _sentence(s: StrategyVerdict, base: StrategyVerdict, v: Verdict) -> str:
 def _effort(patches: Spread, hours: Spread) -> str:
     """``"4.3 ± 2.1 (≈ 3.2 ± 1.1 h)"``, hours left out where not available."""
     text = patches.text(1)
-    return f"{text} (≈ {hours.text(1)} h)" if len(hours.known) else text
+    return f"{text} (≈ {Spread(tuple(hours.known)).text(1)} h)" if len(hours.known) else text
