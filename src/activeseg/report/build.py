@@ -246,7 +246,7 @@ def _verdict_section(ctx: Context) -> Section:
     header += [label for _, label in _VERDICT_FIELDS[2:]] + ["unique picks"]
     caption = (
         f"mean ± std over {v.repetitions} repetitions; patches = added patches; hours = "
-        "estimated annotation hours of those patches; (2/3) = reached in 2 of 3 repetitions"
+        "estimated annotation hours of those patches; (k/n) = reached in k of n repetitions"
     )
     section.tables.append(Table(header, rows, caption))
     section.text.append(_definitions(v))
