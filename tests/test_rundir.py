@@ -107,7 +107,9 @@ def test_split_is_stored_once_and_checked_on_resume(tmp_path: Path) -> None:
 def test_checkpoints_and_maps_land_under_their_names(tmp_path: Path) -> None:
     with RunDirectory(tmp_path, CONFIG, resume=False) as run:
         run.save_checkpoint("std_edt", 1, {"iteration": 3, "w": torch.ones(2)})
-        run.save_maps("std_edt", 1, 3, ids=np.array([4, 5]), map=np.zeros((2, 3, 3), np.float16))
+        writer = run.maps_writer("std_edt", 1, 3, n=2)
+        writer.add(np.array([4, 5]), np.zeros(2), map=np.zeros((2, 3, 3), np.float16))
+        writer.commit()
     checkpoint = torch.load(tmp_path / "checkpoints" / "std_edt-rep1.pt")
     assert checkpoint["iteration"] == 3 and torch.equal(checkpoint["w"], torch.ones(2))
     with np.load(tmp_path / "maps" / "std_edt-rep1-it03.npz") as maps:

@@ -155,13 +155,6 @@ class RunDirectory:
     def maps_path(self, strategy: str, repetition: int, iteration: int) -> Path:
         return self.root / "maps" / f"{strategy}-rep{repetition}-it{iteration:02d}.npz"
 
-    def save_maps(
-        self, strategy: str, repetition: int, iteration: int, **arrays: np.ndarray
-    ) -> None:
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
-        atomic_write_bytes(self.maps_path(strategy, repetition, iteration), buffer.getvalue())
-
     def maps_writer(self, strategy: str, repetition: int, iteration: int, n: int) -> MapsWriter:
         """A :class:`MapsWriter` for the ``n`` pool patches of one iteration."""
         return MapsWriter(self.maps_path(strategy, repetition, iteration), n)
