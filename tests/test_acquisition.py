@@ -13,16 +13,20 @@ from hypothesis import strategies as st
 
 from activeseg.acquisition import (
     STRATEGIES,
+    MapStrategy,
+    PoolScores,
     RandomStrategy,
     StdStrategy,
     edt_weight,
+    get_selection,
     get_strategy,
     reduce_maps,
+    select_stochastic_batch,
     select_top_k,
     std_map,
 )
 from activeseg.errors import UserError
-from activeseg.scoring import McStats
+from activeseg.scoring import McStats, Moments
 
 # --------------------------------------------------------------------------- EDT weights
 
@@ -238,7 +242,9 @@ def test_random_selection_covers_the_pool() -> None:
 
 
 def test_registry_names_and_needs() -> None:
-    assert set(STRATEGIES) == {"random", "std_sum", "std_mean", "std_edt"}
+    assert {"random", "std_sum", "std_mean", "var_sum", "std_edt", "entropy", "bald"} <= set(
+        STRATEGIES
+    )
     for name in STRATEGIES:
         strategy = get_strategy(name)
         assert strategy.name == name
@@ -252,5 +258,117 @@ def test_get_strategy_passes_edt_mode_and_threshold() -> None:
 
 
 def test_unknown_strategy_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="unknown strategy 'bald'; choose from: random"):
-        get_strategy("bald")
+    with pytest.raises(UserError, match="unknown strategy 'bold'; choose from: random"):
+        get_strategy("bold")
+
+
+# --------------------------------------------------------------------------- entropy, BALD, var
+
+
+def samples_stats(samples: list[torch.Tensor]) -> McStats:
+    """Statistics of per-sample probabilities ``[B, 1, H, W]`` each, through the engine's
+    :class:`Moments`."""
+    moments = Moments()
+    for p in samples:
+        moments.add(p[None])
+    return moments.stats()
+
+
+def disagreement_vs_aleatoric() -> McStats:
+    """Two 4x4 patches with the same mean 0.5 everywhere. A: half the samples say 0, half say
+    1 (the model does not know: epistemic). B: every sample says 0.5 (the model knows the
+    pixel is ambiguous: aleatoric). C: every sample says 0.9 (confident)."""
+    a = [torch.zeros(1, 4, 4), torch.ones(1, 4, 4)] * 2
+    b = [torch.full((1, 4, 4), 0.5)] * 4
+    c = [torch.full((1, 4, 4), 0.9)] * 4
+    return samples_stats([torch.stack([x, y, z]) for x, y, z in zip(a, b, c, strict=True)])
+
+
+def test_entropy_ranks_by_the_mean_prediction_only() -> None:
+    stats = disagreement_vs_aleatoric()
+    result = get_strategy("entropy").score(stats, 3, np.random.default_rng(0))
+    h09 = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
+    np.testing.assert_allclose(result.scores, [math.log(2), math.log(2), h09], rtol=1e-6)
+    assert result.maps is not None and result.maps.shape == (3, 4, 4)
+
+
+def test_bald_prefers_disagreement_and_is_zero_for_identical_samples() -> None:
+    stats = disagreement_vs_aleatoric()
+    rng = np.random.default_rng(0)
+    result = get_strategy("bald").score(stats, 3, rng)
+    np.testing.assert_allclose(result.scores, [math.log(2), 0.0, 0.0], atol=1e-7)
+    assert select_top_k(result.scores, 1, rng).tolist() == [0]
+
+
+def test_bald_without_streamed_entropies_says_so() -> None:
+    stats = McStats(torch.full((1, 1, 2, 2), 0.5), torch.zeros(1, 1, 2, 2), samples=2)
+    with pytest.raises(ValueError, match="bald needs the streamed per-sample entropies"):
+        get_strategy("bald").score(stats, 1, np.random.default_rng(0))
+
+
+def test_var_sum_and_std_sum_rank_one_strong_pixel_against_many_weak_ones() -> None:
+    """A: one pixel of std 0.5; B: four pixels of std 0.2. std_sum 0.5 < 0.8 prefers B;
+    var_sum 0.25 > 0.16 prefers A."""
+    std = torch.zeros(2, 1, 4, 4)
+    std[0, 0, 0, 0] = 0.5
+    std[1, 0, 0, :] = 0.2
+    stats = McStats(torch.full_like(std, 0.5), std, samples=4)
+    rng = np.random.default_rng(0)
+    std_sum = get_strategy("std_sum").score(stats, 2, rng).scores
+    var_sum = get_strategy("var_sum").score(stats, 2, rng).scores
+    np.testing.assert_allclose(std_sum, [0.5, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(var_sum, [0.25, 0.16], rtol=1e-6)
+    assert select_top_k(std_sum, 1, rng).tolist() == [1]
+    assert select_top_k(var_sum, 1, rng).tolist() == [0]
+
+
+def test_std_family_is_one_class_with_a_reduction() -> None:
+    names = ("std_sum", "std_mean", "var_sum", "std_edt", "entropy", "bald")
+    strategies = [get_strategy(n) for n in names]
+    assert all(type(s) is MapStrategy for s in strategies)
+    assert [s.reduction for s in strategies] == ["sum", "mean", "sum", "sum", "mean", "mean"]
+    for s in strategies:
+        assert s.finalize(
+            PoolScores(np.arange(3), np.array([3.0, 1.0, 2.0]), np.arange(0))
+        ).tolist() == [3.0, 1.0, 2.0]
+
+
+# --------------------------------------------------------------------------- stochastic batches
+
+
+def test_stochastic_batch_takes_the_best_group_of_many() -> None:
+    scores = np.array([0.0, 0.0, 0.0, 10.0, 9.0, 0.0])
+    chosen = select_stochastic_batch(scores, 2, np.random.default_rng(0), groups=300)
+    assert chosen.tolist() == [3, 4]  # best member first
+
+
+def test_stochastic_batch_with_one_group_is_a_random_group() -> None:
+    scores = np.arange(10, dtype=np.float64)
+    picks = set()
+    for seed in range(20):
+        chosen = select_stochastic_batch(scores, 3, np.random.default_rng(seed), groups=1)
+        assert len(set(chosen.tolist())) == 3
+        assert np.all(np.diff(scores[chosen]) <= 0)
+        picks.add(tuple(sorted(chosen.tolist())))
+    assert len(picks) > 10  # not always the top group
+
+
+def test_stochastic_group_score_is_the_mean_of_its_members() -> None:
+    """Pairs of [9, 1, 7, 2, 0]: means 5 ({0,1}), 8 ({0,2}), ...; the best mean is {0, 2};
+    a max-member rule would tie {0, x}, a sum over three would differ."""
+    scores = np.array([9.0, 1.0, 7.0, 2.0, 0.0])
+    for seed in range(5):
+        chosen = select_stochastic_batch(scores, 2, np.random.default_rng(seed), groups=100)
+        assert chosen.tolist() == [0, 2]
+
+
+def test_selection_registry_and_errors() -> None:
+    assert get_selection("top_k") is select_top_k
+    rng = np.random.default_rng(0)
+    assert len(get_selection("stochastic", 5)(np.ones(4), 2, rng)) == 2
+    with pytest.raises(UserError, match="loop.selection: 'best' is not one of top_k, stochastic"):
+        get_selection("best")
+    with pytest.raises(UserError, match="stochastic_groups must be >= 1"):
+        select_stochastic_batch(np.ones(3), 1, rng, groups=0)
+    with pytest.raises(UserError, match="cannot select 4 patches from a pool of 3"):
+        select_stochastic_batch(np.ones(3), 4, rng)

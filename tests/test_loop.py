@@ -3,13 +3,14 @@ how the pool and the labelled set change, the records it emits, and resuming."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from activeseg.acquisition import Strategy, get_strategy
+from activeseg.acquisition import PoolScores, Scores, Strategy, get_strategy
 from activeseg.errors import UserError
 from activeseg.loop import Chunk, Iteration, LoopState, resume_state, run
 from activeseg.scoring import McStats
@@ -289,3 +290,78 @@ def test_selections_and_scores_do_not_depend_on_the_chunk_size(name: str) -> Non
             ids = [pid for c in chunks if c.iteration == i for pid in c.ids.tolist()]
             assert ids == it.pool.tolist()
             assert all(c.pool_size == len(it.pool) for c in chunks if c.iteration == i)
+
+
+# --------------------------------------------------------------------------- finalize, policies
+
+
+@dataclass(frozen=True)
+class PoolLevelStrategy:
+    """Scores every patch by its id in chunks; ``finalize`` ranks by distance to the mean id
+    of the labelled set (a pool-level term no chunk can know) and records what it saw."""
+
+    seen: list[tuple[list[int], list[float], list[int]]]
+    name: str = "pool_level"
+    needs_mc: bool = True
+    committee: str | None = None
+
+    def score(self, stats: McStats | None, n: int, rng: np.random.Generator) -> Scores:
+        assert stats is not None
+        return Scores(stats.std[:, 0, 0, 0].double().numpy())
+
+    def finalize(self, pool: PoolScores) -> np.ndarray:
+        self.seen.append((pool.ids.tolist(), pool.scores.tolist(), pool.labelled.tolist()))
+        return -np.abs(pool.ids - pool.labelled.mean())
+
+
+def test_finalize_sees_every_chunk_and_the_labelled_set_and_decides_the_ranking() -> None:
+    seen: list[tuple[list[int], list[float], list[int]]] = []
+    learner = FakeLearner()
+    state = LoopState(list(INITIAL), list(POOL))
+    records: list[Iteration] = []
+    run(
+        learner,
+        FakeOracle(),
+        PoolLevelStrategy(seen),
+        state,
+        2,
+        1,
+        0,
+        on_iteration=records.append,
+        chunk=4,
+    )
+    assert len(learner.scored[0]) == 4  # chunked
+    ids, scores, labelled = seen[0]
+    assert ids == POOL and scores == [informativeness(i) for i in POOL] and labelled == INITIAL
+    assert records[0].record["selected"] == [3]  # closest to mean(0, 1, 2) = 1
+    assert seen[1][2] == [*INITIAL, 3] and records[1].record["selected"] == [4]
+
+
+def test_keep_policy_reselects_without_annotation_cost() -> None:
+    """A fixed ranking under ``keep``: the best patch is chosen every time; the training set
+    grows by k, the annotated set only once."""
+    pool = list(range(3, 10))  # informativeness 3, 4, 5, 6, 0, 1, 2: no ties, best is 6
+    learner, state, seen = drive(
+        get_strategy("std_sum"), iterations=3, k=1, state=LoopState(list(INITIAL), pool, "keep")
+    )
+    chosen = [r.record["selected"][0] for r in seen[:-1]]
+    assert chosen == [6, 6, 6]
+    assert state.pool == pool
+    assert [r.record["n_labelled"] for r in seen] == [3, 4, 5, 6]
+    assert [r.record["n_annotated"] for r in seen] == [3, 4, 4, 4]
+    assert learner.fits[-1] == INITIAL + chosen
+
+
+def test_remove_policy_counts_annotated_like_labelled() -> None:
+    _, _, seen = drive(get_strategy("std_sum"), iterations=3, k=2)
+    assert [r.record["n_annotated"] for r in seen] == [r.record["n_labelled"] for r in seen]
+
+
+def test_resume_under_keep_reproduces_the_state() -> None:
+    _, state, seen = drive(
+        get_strategy("std_sum"), iterations=3, state=LoopState(list(INITIAL), list(POOL), "keep")
+    )
+    again = resume_state(INITIAL, POOL, [s.record for s in seen[:-1]], "keep")
+    assert again.labelled == state.labelled and again.pool == state.pool == POOL
+    with pytest.raises(ValueError, match="pool policy 'drop'"):
+        LoopState([], [], "drop")

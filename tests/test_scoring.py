@@ -4,6 +4,7 @@ model is confident and right, and of a size independent of the number of samples
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from conftest import Phantom, Trained, make_unet
 from activeseg.config import TrainConfig
 from activeseg.model import UNet, mc_dropout, probabilities
 from activeseg.runtime import Runtime, derive_seed, torch_generator
-from activeseg.scoring import McStats, mc_statistics
+from activeseg.scoring import McStats, Moments, class_probabilities, entropy, mc_statistics
 from activeseg.train import fit, predict
 
 
@@ -177,3 +178,60 @@ def test_fewer_than_two_samples_or_mismatched_ids_are_rejected(
         mc_statistics(model, images, [0, 1], 1, 1, 0, runtime)
     with pytest.raises(ValueError, match="1 ids for 2 images"):
         mc_statistics(model, images, [0], 2, 2, 0, runtime)
+
+
+# --------------------------------------------------------------------------- entropies
+
+
+def test_class_probabilities_expand_a_sigmoid_and_keep_a_softmax() -> None:
+    p = torch.tensor([0.2, 0.9]).view(1, 1, 2)
+    two = class_probabilities(p)
+    torch.testing.assert_close(two, torch.tensor([[[0.8, 0.1], [0.2, 0.9]]]))
+    soft = torch.softmax(torch.randn(2, 3, 4, 4, 4), dim=1)  # 3 classes, 3D
+    assert class_probabilities(soft) is soft
+
+
+def test_entropy_of_a_sigmoid_is_the_binary_entropy_in_nats() -> None:
+    p = torch.tensor([0.0, 0.5, 1.0, 0.1], dtype=torch.float64).view(1, 1, 4)
+    h = entropy(p)
+    expected = [0.0, math.log(2), 0.0, -(0.1 * math.log(0.1) + 0.9 * math.log(0.9))]
+    assert h.shape == (1, 4)
+    torch.testing.assert_close(h[0], torch.tensor(expected, dtype=torch.float64))
+    uniform = torch.full((1, 4, 2, 2), 0.25)
+    torch.testing.assert_close(entropy(uniform), torch.full((1, 2, 2), math.log(4)))
+
+
+def test_moments_stream_the_statistics_of_all_samples_at_once() -> None:
+    """Adding samples in groups equals the mean, population std and mean per-sample entropy
+    of all samples stacked (3D shapes: the engine never assumes H, W)."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(7, 2, 1, 3, 4, 5, generator=g)  # [T, B, C, D, H, W]
+    moments = Moments()
+    for part in (p[:3], p[3:4], p[4:]):
+        moments.add(part)
+    stats = moments.stats()
+    assert stats.samples == 7
+    torch.testing.assert_close(stats.mean, p.mean(0))
+    torch.testing.assert_close(stats.std, p.double().std(0, correction=0).float())
+    expected = torch.stack([entropy(s) for s in p]).mean(0)
+    assert stats.expected_entropy is not None and stats.expected_entropy.shape == (2, 3, 4, 5)
+    torch.testing.assert_close(stats.expected_entropy, expected)
+
+
+def test_mc_statistics_stream_the_mean_per_sample_entropy(
+    trained: Trained, phantom: Phantom, runtime: Runtime
+) -> None:
+    model = copy.deepcopy(trained.model)
+    images = phantom.images[phantom.test[:2]]
+    stats = score(model, images, [4, 2], runtime, samples=5, batch=2, seed=1)
+    per_patch = []
+    for image, pid in zip(images, [4, 2], strict=True):
+        with torch.no_grad(), mc_dropout(model, torch_generator(derive_seed(1, pid))):
+            outs = [probabilities(model(image[None].expand(n, -1, -1, -1))) for n in (2, 2, 1)]
+        per_patch.append(entropy(torch.cat(outs).double()).mean(0))
+    assert stats.expected_entropy is not None
+    torch.testing.assert_close(
+        stats.expected_entropy, torch.stack(per_patch).float(), atol=1e-5, rtol=0
+    )
+    # BALD's Jensen gap: the entropy of the mean is at least the mean entropy
+    assert bool((entropy(stats.mean) >= stats.expected_entropy - 1e-5).all())

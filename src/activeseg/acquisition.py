@@ -1,14 +1,26 @@
-"""Acquisition strategies: a per-pixel map and one score per pool patch; top-k selection.
+"""Acquisition strategies: a per-pixel map and one score per pool patch; batch selection.
 
-A strategy is a small object with a ``name``, a flag ``needs_mc`` (whether it reads MC
-statistics) and ``score(stats, n, rng) -> Scores``. Strategies register by name
-(:data:`STRATEGIES`, :func:`get_strategy`); the loop only knows this protocol.
+A strategy is a small object with a ``name``, a flag ``needs_mc`` (whether it reads
+statistics), ``committee`` (``None``: the single U-Net scored by MC dropout; else the name of
+the committee whose members play the MC samples, see :mod:`activeseg.committee`),
+``score(stats, n, rng) -> Scores`` per chunk of the pool and ``finalize(pool) -> scores``
+once per pass. Strategies register by name (:data:`STRATEGIES`, :func:`get_strategy`); the
+loop only knows this protocol.
 
 Chunking contract: the loop scores the pool in chunks. A strategy with ``needs_mc`` is called
 once per chunk and must score each patch from that patch's statistics alone, without drawing
 from ``rng`` (so scores do not depend on the chunking and the selection's tie-break stream is
-the same for every strategy); a strategy without MC statistics is called once with the
-whole pool size ``n`` and may draw from ``rng``.
+the same for every strategy); a strategy without statistics is called once with the whole
+pool size ``n`` and may draw from ``rng``. After the last chunk, :meth:`Strategy.finalize`
+receives every per-chunk score of the pass together with the pool and labelled ids and the
+images (:class:`PoolScores`) and returns the ranking scores: the identity for per-patch
+strategies; pool-level terms (``svgd_mi``'s min–max normalisation and its mutual information
+with the labelled images) belong there.
+
+Committees: ``<strategy>@<committee>`` (e.g. ``bald@ensemble``, ``random@svgd``) runs any
+registered strategy on a committee; ``ensemble`` and ``svgd`` are ``entropy@ensemble`` and
+``entropy@svgd`` (the entropy of the committee mean, Nath et al.'s uncertainty term alone), and
+``svgd_mi`` is Nath et al.'s score on the SVGD committee (:class:`NathStrategy`).
 
 ``std_edt`` weights the std map by a Euclidean distance transform of the thresholded mean
 prediction so that pixels at predicted class borders — where uncertainty is inherent —
@@ -25,6 +37,7 @@ weigh least. Two distances are offered (``ScoringConfig.edt``):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,18 +47,33 @@ import torch
 from scipy import ndimage
 
 from activeseg.errors import UserError
-from activeseg.scoring import McStats
+from activeseg.scoring import McStats, entropy
 
 EDT_MODES = ("border", "foreground")
+COMMITTEE_KINDS: tuple[str, ...] = ()
+"""Committees a strategy may run on (trained by :mod:`activeseg.committee`)."""
 
 
 @dataclass(frozen=True)
 class Scores:
-    """``scores`` float64 ``[N]`` (higher = more informative); ``maps`` float32 ``[N, H, W]``
+    """``scores`` float64 ``[N]`` (higher = more informative); ``maps`` float32 ``[N, *S]``
     (the per-pixel map the score reduces), or ``None`` for strategies without one."""
 
     scores: np.ndarray
     maps: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class PoolScores:
+    """One scoring pass over the pool, for :meth:`Strategy.finalize`: pool ``ids`` ``[N]``,
+    their per-chunk ``scores`` ``[N]`` (float64, in the order of ``ids``), the ``labelled``
+    ids ``[L]`` (the training set) and ``images`` ``[P, 1, *S]`` of every patch indexed by id
+    (normalised; ``None`` when the caller has none)."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    labelled: np.ndarray
+    images: torch.Tensor | None = None
 
 
 class Strategy(Protocol):
@@ -54,10 +82,19 @@ class Strategy(Protocol):
 
     @property
     def needs_mc(self) -> bool:
-        """Whether :meth:`score` reads MC statistics (else it receives ``None``)."""
+        """Whether :meth:`score` reads statistics (else it receives ``None``)."""
+        ...
+
+    @property
+    def committee(self) -> str | None:
+        """``None`` (one U-Net, MC dropout) or a committee kind of :data:`COMMITTEE_KINDS`."""
         ...
 
     def score(self, stats: McStats | None, n: int, rng: np.random.Generator) -> Scores: ...
+
+    def finalize(self, pool: PoolScores) -> np.ndarray:
+        """Ranking scores ``[N]`` (float64) of the whole pass."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -66,41 +103,95 @@ class RandomStrategy:
 
     name: str = "random"
     needs_mc: bool = False
+    committee: str | None = None
 
     def score(self, stats: McStats | None, n: int, rng: np.random.Generator) -> Scores:
         return Scores(rng.random(n))
 
-
-@dataclass(frozen=True)
-class StdStrategy:
-    """The std map (optionally EDT-weighted), reduced per patch by ``sum`` or ``mean``.
-
-    ``std_sum`` is the paper's "overall uncertainty"; ``std_edt`` its border-weighted variant.
-    """
-
-    name: str
-    edt: str | None = None  # None, "border" or "foreground"
-    reduction: str = "sum"
-    threshold: float = 0.5
-    needs_mc: bool = True
-
-    def score(self, stats: McStats | None, n: int, rng: np.random.Generator) -> Scores:
-        if stats is None:
-            raise ValueError(f"strategy {self.name} needs MC statistics")
-        maps = std_map(stats)
-        if self.edt is not None:
-            maps = maps * edt_weight(stats.mean[:, 0] >= self.threshold, self.edt)
-        return Scores(reduce_maps(maps, self.reduction), maps)
+    def finalize(self, pool: PoolScores) -> np.ndarray:
+        return pool.scores
 
 
 def std_map(stats: McStats) -> torch.Tensor:
-    """Per-pixel std ``[N, H, W]``: the foreground channel's for one channel, else the mean
+    """Per-pixel std ``[N, *S]``: the foreground channel's for one channel, else the mean
     over channels."""
     return stats.std[:, 0] if stats.std.shape[1] == 1 else stats.std.mean(1)
 
 
+def var_map(stats: McStats) -> torch.Tensor:
+    """Per-pixel variance ``[N, *S]`` (the square of :func:`std_map` per channel, channels
+    averaged like it)."""
+    var = stats.std.square()
+    return var[:, 0] if var.shape[1] == 1 else var.mean(1)
+
+
+def entropy_map(stats: McStats) -> torch.Tensor:
+    """Predictive entropy of the mean probability ``[N, *S]`` (nats; two classes
+    ``[1 - p, p]`` for a sigmoid output)."""
+    return entropy(stats.mean)
+
+
+def bald_map(stats: McStats) -> torch.Tensor:
+    """BALD mutual information ``[N, *S]``: entropy of the mean minus the mean of the
+    per-sample entropies (>= 0 by Jensen; clamped at 0 against rounding)."""
+    if stats.expected_entropy is None:
+        raise ValueError("bald needs the streamed per-sample entropies (expected_entropy)")
+    return (entropy_map(stats) - stats.expected_entropy).clamp_min(0.0)
+
+
+MAPS: dict[str, Callable[[McStats], torch.Tensor]] = {
+    "std": std_map,
+    "var": var_map,
+    "entropy": entropy_map,
+    "bald": bald_map,
+}
+"""Per-pixel uncertainty maps of statistics, by name (the ``quantity`` of a
+:class:`MapStrategy`)."""
+
+
+@dataclass(frozen=True)
+class MapStrategy:
+    """A per-pixel map of the statistics (:data:`MAPS`), optionally weighted by the EDT of
+    the thresholded mean prediction, reduced per patch by ``sum`` or ``mean``.
+
+    The family covers ``std_sum`` (the paper's "overall uncertainty"), ``std_mean``,
+    ``var_sum``, ``std_edt`` (the paper's border-weighted variant), ``entropy`` and ``bald``.
+    """
+
+    name: str
+    quantity: str = "std"
+    edt: str | None = None  # None, "border" or "foreground"
+    reduction: str = "sum"
+    threshold: float = 0.5
+    needs_mc: bool = True
+    committee: str | None = None
+
+    def score(self, stats: McStats | None, n: int, rng: np.random.Generator) -> Scores:
+        if stats is None:
+            raise ValueError(f"strategy {self.name} needs MC statistics")
+        maps = MAPS[self.quantity](stats)
+        if self.edt is not None:
+            maps = maps * edt_weight(foreground(stats.mean, self.threshold), self.edt)
+        return Scores(reduce_maps(maps, self.reduction), maps)
+
+    def finalize(self, pool: PoolScores) -> np.ndarray:
+        return pool.scores
+
+
+StdStrategy = MapStrategy  # the foundation's name of the std family
+
+
+def foreground(mean: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Predicted foreground ``[N, *S]`` (bool) of mean probabilities ``[N, C, *S]``: channel 0
+    above ``threshold`` for a sigmoid output, any class but 0 (background) by arg-max for a
+    softmax one."""
+    if mean.shape[1] == 1:
+        return mean[:, 0] >= threshold
+    return mean.argmax(1) != 0
+
+
 def reduce_maps(maps: torch.Tensor, reduction: str) -> np.ndarray:
-    """``[N, H, W]`` -> ``[N]`` float64 by ``sum`` or ``mean`` over pixels."""
+    """``[N, *S]`` -> ``[N]`` float64 by ``sum`` or ``mean`` over pixels."""
     flat = maps.reshape(len(maps), -1).double()
     if reduction == "sum":
         return flat.sum(1).numpy()
@@ -110,7 +201,7 @@ def reduce_maps(maps: torch.Tensor, reduction: str) -> np.ndarray:
 
 
 def edt_weight(pred: torch.Tensor, mode: str) -> torch.Tensor:
-    """Distance weights ``[N, H, W]`` float32 (pixels) of binary predictions ``[N, H, W]``.
+    """Distance weights ``[N, *S]`` float32 (pixels) of binary predictions ``[N, *S]``.
 
     ``border``: distance to the nearest pixel of the other class (>= 1; the patch diagonal
     where the prediction has one class only). ``foreground``: distance inside the predicted
@@ -120,7 +211,7 @@ def edt_weight(pred: torch.Tensor, mode: str) -> torch.Tensor:
         raise UserError(f"scoring.edt: {mode!r} is not one of {', '.join(EDT_MODES)}")
     masks = pred.cpu().numpy().astype(bool)
     out = np.empty(masks.shape, dtype=np.float32)
-    diagonal = float(np.hypot(*masks.shape[1:]))
+    diagonal = float(np.sqrt(np.sum(np.square(masks.shape[1:]))))
     for i, m in enumerate(masks):
         if m.all() or (mode == "border" and not m.any()):
             out[i] = diagonal  # no border inside the patch
@@ -131,28 +222,75 @@ def edt_weight(pred: torch.Tensor, mode: str) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def _check_k(k: int, n: int) -> None:
+    if k < 1:
+        raise UserError(f"query size k must be >= 1, got {k}")
+    if k > n:
+        raise UserError(f"cannot select {k} patches from a pool of {n}; lower k")
+
+
 def select_top_k(scores: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Positions of the ``k`` highest scores, best first; ties are broken by a random order
     drawn from ``rng`` (so equal scores do not favour low positions)."""
-    if k < 1:
-        raise UserError(f"query size k must be >= 1, got {k}")
-    if k > len(scores):
-        raise UserError(f"cannot select {k} patches from a pool of {len(scores)}; lower k")
+    _check_k(k, len(scores))
     tiebreak = rng.permutation(len(scores))
     order = np.lexsort((tiebreak, -np.asarray(scores, dtype=np.float64)))
     return order[:k]
 
 
+def select_stochastic_batch(
+    scores: np.ndarray, k: int, rng: np.random.Generator, groups: int = 100
+) -> np.ndarray:
+    """Gaillochet et al. (2023) stochastic batches: draw ``groups`` random groups of ``k``
+    distinct positions (groups may overlap), score each group by the mean of its members'
+    scores and return the best group (ties: the first drawn), best member first. ``k = 1``
+    draws single patches, so it is not top-1."""
+    _check_k(k, len(scores))
+    if groups < 1:
+        raise UserError(f"loop.stochastic_groups must be >= 1, got {groups}")
+    scores = np.asarray(scores, dtype=np.float64)
+    members = np.argsort(rng.random((groups, len(scores))), axis=1)[:, :k]  # [groups, k]
+    best = members[int(np.argmax(scores[members].mean(1)))]
+    return best[np.argsort(-scores[best], kind="stable")]
+
+
+SELECTIONS = ("top_k", "stochastic")
+
+
+def get_selection(
+    name: str, groups: int = 100
+) -> Callable[[np.ndarray, int, np.random.Generator], np.ndarray]:
+    """The batch selection ``(scores [N], k, rng) -> positions [k]`` named ``name``
+    (``loop.selection``): ``top_k`` or ``stochastic`` (with ``groups`` random groups)."""
+    if name == "top_k":
+        return select_top_k
+    if name == "stochastic":
+        return lambda scores, k, rng: select_stochastic_batch(scores, k, rng, groups)
+    raise UserError(f"loop.selection: {name!r} is not one of {', '.join(SELECTIONS)}")
+
+
 def get_strategy(name: str, edt: str = "border", threshold: float = 0.5) -> Strategy:
-    """The strategy registered under ``name`` (see :data:`STRATEGIES`)."""
-    if name not in STRATEGIES:
-        raise UserError(f"unknown strategy {name!r}; choose from: {', '.join(STRATEGIES)}")
-    return STRATEGIES[name](edt, threshold)
+    """The strategy registered under ``name`` (see :data:`STRATEGIES`), or
+    ``<registered>@<committee>`` for a registered strategy run on a committee."""
+    base, sep, kind = name.partition("@")
+    if base not in STRATEGIES or (sep and kind not in COMMITTEE_KINDS):
+        choices = ", ".join(STRATEGIES)
+        raise UserError(
+            f"unknown strategy {name!r}; choose from: {choices} (or <strategy>@<committee>, "
+            f"committee one of {', '.join(COMMITTEE_KINDS)})"
+        )
+    strategy = STRATEGIES[base](edt, threshold)
+    if sep:
+        strategy = dataclasses.replace(strategy, name=name, committee=kind)  # type: ignore[type-var]
+    return strategy
 
 
 STRATEGIES: dict[str, Callable[[str, float], Strategy]] = {
     "random": lambda edt, thr: RandomStrategy(),
-    "std_sum": lambda edt, thr: StdStrategy("std_sum", threshold=thr),
-    "std_mean": lambda edt, thr: StdStrategy("std_mean", reduction="mean", threshold=thr),
-    "std_edt": lambda edt, thr: StdStrategy("std_edt", edt=edt, threshold=thr),
+    "std_sum": lambda edt, thr: MapStrategy("std_sum", threshold=thr),
+    "std_mean": lambda edt, thr: MapStrategy("std_mean", reduction="mean", threshold=thr),
+    "var_sum": lambda edt, thr: MapStrategy("var_sum", "var", threshold=thr),
+    "std_edt": lambda edt, thr: MapStrategy("std_edt", edt=edt, threshold=thr),
+    "entropy": lambda edt, thr: MapStrategy("entropy", "entropy", reduction="mean"),
+    "bald": lambda edt, thr: MapStrategy("bald", "bald", reduction="mean"),
 }

@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--iterations", type=int)
     sim.add_argument("-k", "--query-size", type=int, help="patches labelled per iteration")
     sim.add_argument("--seed", type=int)
+    sim.add_argument(
+        "--pool-policy",
+        choices=("remove", "keep"),
+        help="remove labelled patches from the pool (default) or keep them re-selectable",
+    )
     sim.add_argument("--pixel-size", type=float, help="µm per pixel of a plain folder's images")
     sim.add_argument("--out", type=Path, required=True, help="run directory")
     sim.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -80,6 +85,7 @@ def simulate_config(args: argparse.Namespace) -> Config:
         "loop.iterations": args.iterations,
         "loop.query_size": args.query_size,
         "loop.seed": args.seed,
+        "loop.pool_policy": args.pool_policy,
         "loop.upper_bound": args.upper_bound,
     }
     given = {k: v for k, v in flags.items() if v is not None}

@@ -102,6 +102,9 @@ class LoopConfig:
 
     ``upper_bound``: once per repetition, also train on the whole pool (initial + pool
     patches) — the reference "all labelled" model of the report's verdict.
+    ``pool_policy``: ``remove`` labelled patches from the pool, or ``keep`` them (a re-chosen
+    patch is trained on again at no annotation cost). ``selection``: ``top_k`` or
+    ``stochastic`` batches (best of ``stochastic_groups`` random groups of k by mean score).
     """
 
     strategies: tuple[str, ...] = ("random", "std_edt")
@@ -111,6 +114,9 @@ class LoopConfig:
     seed: int = 0
     save_maps: bool = True
     upper_bound: bool = True
+    pool_policy: str = "remove"
+    selection: str = "top_k"
+    stochastic_groups: int = 100
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,14 @@ the strategy's maps and per-patch scores are computed and handed to ``on_chunk``
 stream the maps to disk), and only the scores are kept. Memory therefore does not grow with
 the pool beyond one float per patch. A strategy without MC statistics (``needs_mc`` false)
 is called once for the whole pool; one with MC statistics must score every patch from its
-own statistics only, so that its scores do not depend on the chunking.
+own statistics only, so that its scores do not depend on the chunking. After the last chunk
+the strategy's ``finalize`` turns the pass's scores into ranking scores (pool-level terms,
+e.g. a min–max normalisation over the pool, belong there).
+
+Pool policy (``remove`` or ``keep``): with ``keep``, labelled patches stay in the pool and
+may be chosen again; a re-chosen patch is added to the training set again at no annotation
+cost. Records count the training set (``n_labelled``, with repeats) and the unique annotated
+patches (``n_annotated``) separately.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
-from activeseg.acquisition import Scores, Strategy, select_top_k
+from activeseg.acquisition import PoolScores, Scores, Strategy, select_top_k
 from activeseg.runtime import derive_seed, numpy_generator
 from activeseg.scoring import McStats
 
@@ -48,19 +56,34 @@ class Oracle(Protocol):
         ...
 
 
+POOL_POLICIES = ("remove", "keep")
+
+
 @dataclass
 class LoopState:
-    """Labelled patch ids (in the order they were labelled) and the remaining pool."""
+    """The training set ``labelled`` (patch ids in the order they were added; with the
+    ``keep`` policy an id may repeat) and the ``pool`` to choose from."""
 
     labelled: list[int]
     pool: list[int]
+    policy: str = "remove"
+
+    def __post_init__(self) -> None:
+        if self.policy not in POOL_POLICIES:
+            raise ValueError(f"pool policy {self.policy!r} is not one of {POOL_POLICIES}")
+
+    @property
+    def n_annotated(self) -> int:
+        """Unique patches annotated so far (initial set included)."""
+        return len(set(self.labelled))
 
     def add(self, ids: Sequence[int]) -> None:
         chosen = set(ids)
         if not chosen <= set(self.pool):
             raise ValueError(f"selected ids {sorted(chosen - set(self.pool))} are not in the pool")
         self.labelled += list(ids)
-        self.pool = [i for i in self.pool if i not in chosen]
+        if self.policy == "remove":
+            self.pool = [i for i in self.pool if i not in chosen]
 
 
 @dataclass
@@ -95,10 +118,13 @@ def score_pool(
     rng: np.random.Generator,
     chunk: int,
     on_chunk: Callable[[Chunk], None],
+    labelled: np.ndarray | None = None,
+    images: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """Scores ``[N]`` of the ``pool`` ids, computed ``chunk`` patches at a time (the whole
-    pool at once for a strategy without MC statistics); each chunk goes to ``on_chunk``
-    and is then dropped."""
+    """Ranking scores ``[N]`` of the ``pool`` ids: computed ``chunk`` patches at a time (the
+    whole pool at once for a strategy without MC statistics; each chunk goes to ``on_chunk``
+    and is then dropped), then finalised by the strategy with the ``labelled`` ids and the
+    ``images`` of every patch (:class:`~activeseg.acquisition.PoolScores`)."""
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     size = chunk if strategy.needs_mc else max(len(pool), 1)
@@ -109,14 +135,21 @@ def score_pool(
         scores = strategy.score(stats, len(ids), rng)
         on_chunk(Chunk(iteration, len(pool), ids, scores, stats))
         out[start : start + len(ids)] = scores.scores
-    return out
+    done = np.empty(0, dtype=np.int64) if labelled is None else labelled
+    final = np.asarray(strategy.finalize(PoolScores(pool, out, done, images)), dtype=np.float64)
+    if final.shape != out.shape:
+        raise ValueError(f"{strategy.name}.finalize returned {final.shape}, not {out.shape}")
+    return final
 
 
 def resume_state(
-    initial: Sequence[int], pool: Sequence[int], records: list[dict[str, Any]]
+    initial: Sequence[int],
+    pool: Sequence[int],
+    records: list[dict[str, Any]],
+    policy: str = "remove",
 ) -> LoopState:
     """The state after the iterations recorded in ``records`` (in order)."""
-    state = LoopState(list(initial), list(pool))
+    state = LoopState(list(initial), list(pool), policy)
     for n, record in enumerate(records):
         if record["iteration"] != n or record["labelled"] != state.labelled:
             raise ValueError(f"records are not a consistent sequence at iteration {n}")
@@ -136,6 +169,8 @@ def run(
     on_iteration: Callable[[Iteration], None] = lambda it: None,
     chunk: int = 256,
     on_chunk: Callable[[Chunk], None] = lambda c: None,
+    select: Callable[[np.ndarray, int, np.random.Generator], np.ndarray] = select_top_k,
+    images: torch.Tensor | None = None,
 ) -> LoopState:
     """Run iterations ``start .. iterations`` (the last one trains and evaluates only).
 
@@ -144,6 +179,9 @@ def run(
     each :class:`Chunk` goes to ``on_chunk``) and selects ``query_size`` pool patches, which
     the oracle labels for iteration ``i + 1``. ``on_iteration`` receives each
     :class:`Iteration` (to persist it) after its chunks and before the state advances.
+    ``select`` picks positions ``[k]`` from the scores (top-k or stochastic batches, see
+    :func:`activeseg.acquisition.get_selection`); ``images`` (every patch's image by id) is
+    handed to the strategy's ``finalize``.
     """
     for i in range(start, iterations + 1):
         labelled = np.asarray(state.labelled, dtype=np.int64)
@@ -159,8 +197,10 @@ def run(
         if i < iterations:
             rng = numpy_generator(derive_seed(seed, i, "select"))
             mc_seed = derive_seed(seed, i, "mc")
-            scores = score_pool(learner, strategy, pool, i, mc_seed, rng, chunk, on_chunk)
-            chosen = select_top_k(scores, query_size, rng)
+            scores = score_pool(
+                learner, strategy, pool, i, mc_seed, rng, chunk, on_chunk, labelled, images
+            )
+            chosen = select(scores, query_size, rng)
             selected = pool[chosen].tolist()
             selected_scores = scores[chosen].tolist()
         t3 = time.perf_counter()
@@ -168,6 +208,7 @@ def run(
             "strategy": strategy.name,
             "iteration": i,
             "n_labelled": len(state.labelled),
+            "n_annotated": state.n_annotated,
             "labelled": list(state.labelled),
             "selected": selected,
             "selected_scores": selected_scores,

@@ -23,20 +23,84 @@ from activeseg.runtime import Runtime, derive_seed, torch_generator
 SAMPLE_AXIS = 0  # the MC-sample axis of a per-patch batch of stochastic outputs
 
 
+def class_probabilities(p: torch.Tensor) -> torch.Tensor:
+    """Model probabilities ``[B, C, *S]`` -> class probabilities along dim 1: for ``C = 1``
+    (sigmoid foreground probability) the two classes ``[1 - p, p]`` ``[B, 2, *S]``; for
+    ``C > 1`` (softmax probabilities) unchanged."""
+    return torch.cat([1.0 - p, p], dim=1) if p.shape[1] == 1 else p
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Predictive entropy (nats) over the classes of model probabilities ``[B, C, *S]`` ->
+    ``[B, *S]`` (``0 log 0 = 0``; see :func:`class_probabilities`)."""
+    q = class_probabilities(p)
+    return -torch.special.xlogy(q, q).sum(1)
+
+
 @dataclass(frozen=True)
 class McStats:
-    """Per-pixel statistics over MC samples, float32 on the CPU.
+    """Per-pixel statistics over ``T`` MC samples (or committee members), float32 on the CPU.
 
-    ``mean``: mean probability ``[N, C, H, W]``; ``std``: standard deviation over the samples
-    (population, ``ddof = 0``) ``[N, C, H, W]``; ``samples``: ``T``.
+    ``mean``: mean probability ``[N, C, *S]``; ``std``: standard deviation over the samples
+    (population, ``ddof = 0``) ``[N, C, *S]``; ``samples``: ``T``; ``expected_entropy``: the
+    mean over the samples of each sample's predictive entropy :func:`entropy` ``[N, *S]``
+    (nats; BALD's second term), ``None`` only for hand-made statistics.
     """
 
     mean: torch.Tensor
     std: torch.Tensor
     samples: int
+    expected_entropy: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.mean.shape[0]
+
+
+class Moments:
+    """Running float64 sums over samples of probabilities ``[T, B, C, *S]`` (sample axis
+    :data:`SAMPLE_AXIS`): of ``p``, ``p**2`` and :func:`entropy` (``p`` float32 or float64)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: torch.Tensor = torch.zeros((), dtype=torch.float64)
+        self.total_sq: torch.Tensor = torch.zeros((), dtype=torch.float64)
+        self.total_entropy: torch.Tensor = torch.zeros((), dtype=torch.float64)
+
+    def add(self, p: torch.Tensor) -> None:
+        """Add the samples ``p`` ``[t, B, C, *S]``."""
+        p = p.double()
+        self.count += p.shape[SAMPLE_AXIS]
+        self.total = self.total + p.sum(SAMPLE_AXIS)
+        self.total_sq = self.total_sq + p.square().sum(SAMPLE_AXIS)
+        self.total_entropy = self.total_entropy + entropy(p.flatten(0, 1)).view(
+            p.shape[0], p.shape[1], *p.shape[3:]
+        ).sum(SAMPLE_AXIS)
+
+    def stats(self) -> McStats:
+        """The :class:`McStats` ``[B, ...]`` of the samples added so far (float32, CPU)."""
+        if self.count < 1:
+            raise ValueError("no samples were added")
+        mean = self.total / self.count
+        var = (self.total_sq / self.count - mean.square()).clamp_min_(0.0)
+        return McStats(
+            mean.float().cpu(),
+            var.sqrt_().float().cpu(),
+            self.count,
+            (self.total_entropy / self.count).float().cpu(),
+        )
+
+
+def concat(parts: Sequence[McStats]) -> McStats:
+    """Statistics of several groups of patches (same ``samples``) along the patch axis."""
+    if not parts or len({s.samples for s in parts}) != 1:
+        raise ValueError("need at least one McStats, all with the same number of samples")
+    entropies = [s.expected_entropy for s in parts]
+    return McStats(
+        torch.cat([s.mean for s in parts]),
+        torch.cat([s.std for s in parts]),
+        parts[0].samples,
+        None if any(e is None for e in entropies) else torch.cat(entropies),  # type: ignore[arg-type]
+    )
 
 
 @torch.inference_mode()
@@ -50,44 +114,37 @@ def mc_statistics(
     runtime: Runtime,
     progress: bool = False,
 ) -> McStats:
-    """MC-dropout mean and std of ``images`` ``[N, 1, H, W]`` (normalised) whose stable ids
-    are ``ids`` (used to seed each patch's dropout masks together with ``seed``)."""
+    """MC-dropout statistics of ``images`` ``[N, 1, *S]`` (normalised) whose stable ids are
+    ``ids`` (used to seed each patch's dropout masks together with ``seed``)."""
     if samples < 2:
         raise ValueError(f"need at least 2 MC samples for a std, got {samples}")
     if len(ids) != len(images):
         raise ValueError(f"{len(ids)} ids for {len(images)} images")
     with torch.inference_mode(False):  # weights converted here must stay trainable tensors
         runtime.place(model)
-    means, stds = [], []
+    parts = []
     bar = tqdm(total=len(images), desc="MC scoring", leave=False, disable=not progress)
     for image, pid in zip(images, ids, strict=True):
         generator = torch_generator(derive_seed(seed, int(pid)), runtime.device)
         with mc_dropout(model, generator):
-            total, total_sq = _accumulate(model, image, samples, batch, runtime)
-        mean = total / samples
-        var = (total_sq / samples - mean.square()).clamp_min_(0.0)
-        means.append(mean.float().cpu())
-        stds.append(var.sqrt_().float().cpu())
+            parts.append(_accumulate(model, image, samples, batch, runtime).stats())
         bar.update()
     bar.close()
-    return McStats(torch.stack(means), torch.stack(stds), samples)
+    return concat(parts)
 
 
 def _accumulate(
     model: UNet, image: torch.Tensor, samples: int, batch: int, runtime: Runtime
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum and sum of squares ``[C, H, W]`` (float64) of ``samples`` MC probability maps."""
+) -> Moments:
+    """The :class:`Moments` ``[1, C, *S]`` of ``samples`` MC probability maps of ``image``."""
     x = runtime.tensor(image[None])
     with runtime.autocast():
         stem = model.stem(x)
-    total = torch.zeros((), dtype=torch.float64)
-    total_sq = torch.zeros((), dtype=torch.float64)
+    moments = Moments()
     for start in range(0, samples, batch):
         n = min(batch, samples - start)
         expanded = stem.expand(n, *stem.shape[1:]).contiguous(memory_format=runtime.memory_format)
         with runtime.autocast():
             logits = model.forward_from_stem(expanded)
-        p = probabilities(logits.float()).double()
-        total = total + p.sum(SAMPLE_AXIS)
-        total_sq = total_sq + p.square().sum(SAMPLE_AXIS)
-    return total, total_sq
+        moments.add(probabilities(logits.float())[:, None])
+    return moments

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from activeseg import loop
-from activeseg.acquisition import EDT_MODES, get_strategy
+from activeseg.acquisition import EDT_MODES, get_selection, get_strategy
 from activeseg.config import Config, DataConfig, to_dict
 from activeseg.data.patches import Normalizer, PatchSet, Split, resample, split_by_source, tile
 from activeseg.data.sources import load_source
@@ -166,12 +166,18 @@ def validate(config: Config) -> None:
     loop_cfg, m, s = config.loop, config.model, config.scoring
     for name in loop_cfg.strategies:
         get_strategy(name, s.edt, s.threshold)
+    get_selection(loop_cfg.selection, loop_cfg.stochastic_groups)
     if len(set(loop_cfg.strategies)) != len(loop_cfg.strategies) or not loop_cfg.strategies:
         raise UserError(f"loop.strategies must be distinct and non-empty: {loop_cfg.strategies}")
     checks = [
         (loop_cfg.repetitions >= 1, "loop.repetitions must be >= 1"),
         (loop_cfg.iterations >= 0, "loop.iterations must be >= 0"),
         (loop_cfg.query_size >= 1, "loop.query_size (k) must be >= 1"),
+        (
+            loop_cfg.pool_policy in loop.POOL_POLICIES,
+            f"loop.pool_policy must be one of {', '.join(loop.POOL_POLICIES)}",
+        ),
+        (loop_cfg.stochastic_groups >= 1, "loop.stochastic_groups must be >= 1"),
         (s.mc_samples >= 2, "scoring.mc_samples must be >= 2"),
         (s.mc_batch >= 1, "scoring.mc_batch must be >= 1"),
         (
@@ -203,6 +209,8 @@ def validate(config: Config) -> None:
             raise UserError(message)
     budget = config.data.n_pool
     needed = loop_cfg.iterations * loop_cfg.query_size
+    if loop_cfg.pool_policy == "keep":
+        needed = loop_cfg.query_size  # the pool never shrinks
     if budget is not None and needed > budget:
         raise UserError(
             f"{loop_cfg.iterations} iterations x k={loop_cfg.query_size} need {needed} pool "
@@ -243,11 +251,13 @@ def simulate(
         for n in config.loop.strategies
     ]
     lc = config.loop
+    select = get_selection(lc.selection, lc.stochastic_groups)
     data = prepare(config.data)  # before the run directory: bad data must not leave a run
-    if lc.iterations * lc.query_size > len(data.split.pool):
+    needed = lc.query_size if lc.pool_policy == "keep" else lc.iterations * lc.query_size
+    if needed > len(data.split.pool):
         raise UserError(
             f"the pool holds {len(data.split.pool)} patches but {lc.iterations} iterations x "
-            f"k={lc.query_size} need {lc.iterations * lc.query_size}; lower --iterations or -k"
+            f"k={lc.query_size} need {needed}; lower --iterations or -k"
         )
     with RunDirectory(out, config, resume) as run:
         run.load_or_save_split(data.split.to_dict())
@@ -271,7 +281,7 @@ def simulate(
                 if len(records) == lc.iterations + 1:
                     continue
                 state = loop.resume_state(
-                    data.split.initial.tolist(), data.split.pool.tolist(), records
+                    data.split.initial.tolist(), data.split.pool.tolist(), records, lc.pool_policy
                 )
 
                 sink = _MapsSink(run, strategy.name, rep, lc.save_maps)
@@ -302,6 +312,8 @@ def simulate(
                         on_iteration=persist,
                         chunk=pool_chunk(config.data.patch_size),
                         on_chunk=sink,
+                        select=select,
+                        images=data.images,
                     )
                 except TrainingDiverged as exc:
                     done = len(run.records(strategy.name, rep))
