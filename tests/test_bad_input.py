@@ -131,8 +131,8 @@ BROKEN: list[tuple[str, Callable[[Path], None], list[str], str]] = [
     (
         "unknown strategy",
         lambda r: None,
-        ["--set", "loop.strategies=bald"],
-        "unknown strategy .bald.",
+        ["--set", "loop.strategies=bold"],
+        "unknown strategy .bold.",
     ),
     ("unknown preset", lambda r: None, ["--preset", "fast"], "unknown preset 'fast'"),
     (

@@ -47,7 +47,7 @@ def test_unknown_preset_exits_2_with_one_line(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--strategies", "random,bald"], "unknown strategy 'bald'"),
+        (["--strategies", "random,bold"], "unknown strategy 'bold'"),
         (["--set", "train.epochs"], "--set expects key=value"),
         (["--set", "train.speed=3"], "unknown setting 'train.speed'"),
         (["--set", "train.epochs=many"], "setting train.epochs: 'many' is not a valid int"),

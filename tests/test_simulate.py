@@ -189,7 +189,7 @@ def test_bad_data_leaves_no_run_directory(tiny_config: Config, tmp_path: Path) -
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"loop.strategies": "random,bald"}, "unknown strategy 'bald'"),
+        ({"loop.strategies": "random,bold"}, "unknown strategy 'bold'"),
         ({"loop.strategies": "random,random"}, "must be distinct"),
         ({"loop.iterations": 7}, r"7 iterations x k=1 need 7 pool patches but data.n_pool is 6"),
         ({"loop.query_size": 0}, r"loop.query_size \(k\) must be >= 1"),
