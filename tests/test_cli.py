@@ -81,8 +81,10 @@ def test_simulate_flags_reach_the_config(tmp_path: Path, monkeypatch: pytest.Mon
     args = ["simulate", "--preset", "demo", "--out", str(tmp_path), "--resume", "--quiet"]
     args += ["--strategies", "std_sum,random", "--repetitions", "4", "--iterations", "3"]
     args += ["-k", "2", "--seed", "9", "--set", "train.lr=1e-3"]
+    args += ["--init", "warm", "--precision", "bf16"]
     assert main(args) == 130
     config = seen["config"]
+    assert (config.train.init, config.train.precision) == ("warm", "bf16")
     assert config.loop.strategies == ("std_sum", "random")
     assert (config.loop.repetitions, config.loop.iterations, config.loop.query_size) == (4, 3, 2)
     assert (config.loop.seed, config.train.lr, config.data.source) == (9, 1e-3, "synthetic")

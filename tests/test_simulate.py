@@ -249,3 +249,67 @@ def test_the_tiny_overrides_survive_the_command_line_as_strings() -> None:
     assert with_overrides(preset("demo"), as_strings) == with_overrides(
         preset("demo"), TINY_OVERRIDES
     )
+
+
+# --------------------------------------------------------------------------- warm start
+
+WARM = {"train.init": "warm", "train.warm_epochs": 1, "train.warm_lr": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def warm_run(tiny_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return run_quietly(with_overrides(tiny_config, WARM), tmp_path_factory.mktemp("warm") / "run")
+
+
+def test_warm_runs_fine_tune_after_iteration_zero_on_their_own_schedule(
+    warm_run: Path, finished_run: Path, tiny_config: Config
+) -> None:
+    warm, scratch = all_records(warm_run), all_records(finished_run)
+    for name, records in warm.items():
+        assert [r["init"] for r in records] == ["scratch", "warm", "warm"]
+        steps = tiny_config.train.steps_per_epoch
+        assert [r["train_steps"] for r in records] == [tiny_config.train.steps, steps, steps]
+        assert records[0] == scratch[name][0]  # iteration 0 trains from scratch in both
+        assert records[1]["test_dice"] != scratch[name][1]["test_dice"]
+    bound = read_records(warm_run / "upper_bound.jsonl")
+    assert [r["init"] for r in bound] == ["scratch", "scratch"]
+
+
+def test_warm_fit_starts_from_the_previous_weights(tiny_config: Config) -> None:
+    config = with_overrides(tiny_config, WARM)
+    data = prepare(config.data)
+    learner = UNetLearner(data, config, resolve("cpu", "fp32"), progress=False)
+    ids = data.split.initial
+    learner.start(None)
+    learner.fit(ids, data.masks[ids], seed=1)
+    first = {k: v.clone() for k, v in learner.trained_model().state_dict().items()}
+    assert learner.started_from is None
+    info = learner.fit(ids, data.masks[ids], seed=2)
+    assert info["init"] == "warm" and learner.started_from is not None
+    assert all(torch.equal(first[k], learner.started_from[k]) for k in first)
+    tuned = learner.trained_model().state_dict()
+    assert not all(torch.equal(first[k], tuned[k]) for k in first)
+    learner.start(None)
+    assert learner.fit(ids, data.masks[ids], seed=2)["init"] == "scratch"
+
+
+@pytest.mark.parametrize("n_records", [1, 4])
+def test_a_resumed_warm_run_equals_an_uninterrupted_one(
+    warm_run: Path,
+    tiny_config: Config,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    n_records: int,
+) -> None:
+    """Interrupted after 1 record, iteration 1 is checkpointed but not recorded: the resumed
+    iteration 1 must tune iteration 0's weights, not its own."""
+    config, out = with_overrides(tiny_config, WARM), tmp_path / "interrupted"
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, n_records)
+        with pytest.raises(KeyboardInterrupt):
+            run_quietly(config, out)
+    run_quietly(config, out, resume=True)
+    assert all_records(out, "*.jsonl") == all_records(warm_run, "*.jsonl")
+    for path in sorted((warm_run / "checkpoints").iterdir()):
+        a, b = torch.load(path), torch.load(out / "checkpoints" / path.name)
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -97,6 +97,36 @@ def test_fit_keeps_the_best_validation_weights(
     assert not all(torch.equal(final[k], snapshots[2][k]) for k in final)
 
 
+@pytest.mark.parametrize(
+    ("patience", "history", "steps"),
+    [
+        (2, [(2, 0.3), (4, 0.9), (6, 0.5), (8, 0.9)], 8),  # a tie is no improvement
+        (3, [(2, 0.3), (4, 0.9), (6, 0.5), (8, 0.9), (10, 0.4)], 10),
+        (0, [(2, 0.3), (4, 0.9), (6, 0.5), (8, 0.9), (10, 0.4), (12, 0.2)], 12),
+    ],
+)
+def test_fit_stops_after_patience_validations_without_a_better_dice(
+    phantom: Phantom,
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+    patience: int,
+    history: list[tuple[int, float]],
+    steps: int,
+) -> None:
+    scripted = iter([0.3, 0.9, 0.5, 0.9, 0.4, 0.2])
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: {"dice": next(scripted)})
+    _, result = small_fit(phantom, runtime, epochs=12, patience=patience)
+    assert [(s, d) for s, _, d in result.history] == history
+    assert (result.steps, result.best_step, result.best_val_dice) == (steps, 4, 0.9)
+
+
+def test_the_warm_schedule_replaces_epochs_lr_and_patience() -> None:
+    cfg = TrainConfig(epochs=100, lr=1e-2, patience=0, warm_epochs=7, warm_lr=1e-4, warm_patience=2)
+    warm = cfg.warm()
+    assert (warm.epochs, warm.lr, warm.patience) == (7, 1e-4, 2)
+    assert (warm.batch_size, warm.steps_per_epoch, warm.loss) == (5, 2, "dice")
+
+
 def test_best_val_dice_is_what_the_returned_model_scores(
     phantom: Phantom, runtime: Runtime
 ) -> None:

@@ -42,6 +42,16 @@ def _parser() -> argparse.ArgumentParser:
         help="remove labelled patches from the pool (default) or keep them re-selectable",
     )
     sim.add_argument("--pixel-size", type=float, help="µm per pixel of a plain folder's images")
+    sim.add_argument(
+        "--init",
+        choices=("scratch", "warm"),
+        help="train each iteration from scratch (paper) or fine-tune the previous model",
+    )
+    sim.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        help="bf16 autocast for training and MC scoring; auto: where the hardware has it",
+    )
     sim.add_argument("--out", type=Path, required=True, help="run directory")
     sim.add_argument("--resume", action="store_true", help="continue the run in --out")
     sim.add_argument(
@@ -87,6 +97,8 @@ def simulate_config(args: argparse.Namespace) -> Config:
         "loop.seed": args.seed,
         "loop.pool_policy": args.pool_policy,
         "loop.upper_bound": args.upper_bound,
+        "train.init": args.init,
+        "train.precision": args.precision,
     }
     given = {k: v for k, v in flags.items() if v is not None}
     sets = parse_assignments(args.set)

@@ -59,7 +59,14 @@ class TrainConfig:
     ``loss``: ``dice``; ``wbce`` (BCE weighted ``fg_weight`` on myelin, ``1 - fg_weight`` on
     background; paper 0.3 / 0.7); ``dice_then_wbce`` (first half of the epochs Dice, then wBCE:
     the paper's "successively"). The weights of the best validation Dice (checked every
-    ``validate_every`` steps and at the end) are kept.
+    ``validate_every`` steps and at the end) are kept. ``patience``: stop after this many
+    validations without a better Dice (0: never stop early).
+
+    ``init``: ``scratch`` trains every iteration from a fresh initialisation (the paper);
+    ``warm`` fine-tunes the previous iteration's model of the same strategy and repetition with
+    its own shorter schedule ``warm_epochs`` x ``steps_per_epoch`` steps at ``warm_lr``
+    (same time decay), stopping early after ``warm_patience`` validations without a better
+    Dice. Iteration 0 and the whole-pool model always start from scratch.
     """
 
     loss: str = "dice"
@@ -70,12 +77,21 @@ class TrainConfig:
     batch_size: int = 5
     augment: bool = True
     validate_every: int = 50
+    patience: int = 0
+    init: str = "scratch"  # scratch | warm
+    warm_epochs: int = 500
+    warm_lr: float = 1e-3
+    warm_patience: int = 3
     precision: str = "auto"  # fp32 | bf16 | auto (bf16 only where the hardware has it)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     @property
     def steps(self) -> int:
         return self.epochs * self.steps_per_epoch
+
+    def warm(self) -> TrainConfig:
+        """The fine-tuning schedule of ``init=warm`` as a plain schedule."""
+        return replace(self, epochs=self.warm_epochs, lr=self.warm_lr, patience=self.warm_patience)
 
 
 @dataclass(frozen=True)
@@ -156,6 +172,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.steps_per_epoch": 2,
         "train.batch_size": 8,
         "train.validate_every": 10,
+        "train.warm_epochs": 15,
+        "train.warm_patience": 1,
         "scoring.mc_samples": 20,
         "loop.repetitions": 3,
     },

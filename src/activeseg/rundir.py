@@ -152,6 +152,17 @@ class RunDirectory:
             self.root / "checkpoints" / f"{strategy}-rep{repetition}.pt", buffer.getvalue()
         )
 
+    def load_checkpoint(self, strategy: str, repetition: int) -> dict[str, Any]:
+        """The payload of :meth:`save_checkpoint` (tensors on the CPU)."""
+        path = self.root / "checkpoints" / f"{strategy}-rep{repetition}.pt"
+        try:
+            payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError) as exc:
+            raise UserError(
+                f"cannot read the checkpoint {path} ({exc}); start a new --out"
+            ) from exc
+        return payload
+
     def maps_path(self, strategy: str, repetition: int, iteration: int) -> Path:
         return self.root / "maps" / f"{strategy}-rep{repetition}-it{iteration:02d}.npz"
 

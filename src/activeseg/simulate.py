@@ -7,6 +7,7 @@ into :func:`activeseg.loop.run`.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -30,7 +31,7 @@ from activeseg.model import UNet
 from activeseg.rundir import MapsWriter, RunDirectory, disk_usage
 from activeseg.runtime import Runtime, derive_seed, resolve, torch_generator
 from activeseg.scoring import McStats, mc_statistics
-from activeseg.train import LOSSES, confusion_counts, fit
+from activeseg.train import INITS, LOSSES, confusion_counts, fit
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,10 @@ class UNetLearner:
     With ``scoring.test_uncertainty`` the evaluation also runs MC dropout on the test patches
     (seeded from the training seed) and records ``test_uncertainty_auroc``, ``test_ece`` and
     ``test_reliability`` (see :func:`activeseg.metrics.uncertainty_quality`).
+
+    With ``train.init=warm``, :meth:`fit` fine-tunes the weights given to :meth:`start` (or
+    those of the previous :meth:`fit`) on the warm schedule; without such weights it starts
+    from scratch.
     """
 
     def __init__(self, data: Prepared, config: Config, runtime: Runtime, progress: bool) -> None:
@@ -87,6 +92,8 @@ class UNetLearner:
         self.progress = progress
         self.model: UNet | None = None
         self._seed = 0  # the seed of the latest fit()
+        self.warm_from: dict[str, torch.Tensor] | None = None  # weights the next fit() tunes
+        self.started_from: dict[str, torch.Tensor] | None = None  # those the latest fit() tuned
         val = data.split.val
         self._val = (data.images[val], torch.from_numpy(data.masks[val]).float())
         test = data.split.test
@@ -100,20 +107,33 @@ class UNetLearner:
             torch.manual_seed(seed)
             return UNet(1, 1, m.depth, m.base_filters, m.dropout)
 
+    def start(self, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Begin a new sequence of fits (a strategy and repetition): with ``train.init=warm``
+        the next :meth:`fit` tunes ``weights``, or starts from scratch if ``None``."""
+        self.warm_from = weights
+
     def fit(self, ids: np.ndarray, masks: np.ndarray, seed: int) -> dict[str, Any]:
         self._seed = seed
+        cfg = self.config.train
         self.model = self.new_model(derive_seed(seed, "init"))
+        warm = cfg.init == "warm" and self.warm_from is not None
+        self.started_from = self.warm_from if warm else None
+        if self.started_from is not None:
+            self.model.load_state_dict(self.started_from)
         result = fit(
             self.model,
             self.data.images[ids],
             torch.from_numpy(masks).float(),
             *self._val,
-            self.config.train,
+            cfg.warm() if warm else cfg,
             self.runtime,
             torch_generator(seed, self.runtime.device),
             self.progress,
         )
+        if cfg.init == "warm":
+            self.warm_from = copy.deepcopy(self.model.state_dict())
         return {
+            "init": "warm" if warm else "scratch",
             "val_dice": result.best_val_dice,
             "best_step": result.best_step,
             "train_steps": result.steps,
@@ -187,6 +207,16 @@ def validate(config: Config) -> None:
         (config.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (config.train.validate_every >= 1, "train.validate_every must be >= 1"),
         (config.train.loss in LOSSES, f"train.loss must be one of {', '.join(LOSSES)}"),
+        (config.train.init in INITS, f"train.init must be one of {', '.join(INITS)}"),
+        (config.train.warm_epochs >= 1, "train.warm_epochs must be >= 1"),
+        (
+            math.isfinite(config.train.warm_lr) and config.train.warm_lr > 0,
+            f"train.warm_lr must be a positive number, got {config.train.warm_lr}",
+        ),
+        (
+            config.train.patience >= 0 and config.train.warm_patience >= 0,
+            "train.patience and train.warm_patience must be >= 0 (0: no early stopping)",
+        ),
         (0.0 < config.train.fg_weight < 1.0, "train.fg_weight must be in (0, 1)"),
         (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (s.edt in EDT_MODES, f"scoring.edt must be one of {', '.join(EDT_MODES)}"),
@@ -283,6 +313,7 @@ def simulate(
                 state = loop.resume_state(
                     data.split.initial.tolist(), data.split.pool.tolist(), records, lc.pool_policy
                 )
+                learner.start(_warm_weights(run, config, strategy.name, rep, len(records)))
 
                 sink = _MapsSink(run, strategy.name, rep, lc.save_maps)
 
@@ -385,6 +416,7 @@ def _upper_bound(
 ) -> None:
     """Train once on every training patch (initial + pool), evaluate, store the record."""
     ids = learner.data.split.train
+    learner.start(None)
     t0 = time.perf_counter()
     info = learner.fit(ids, oracle.reveal(ids), derive_seed(seed, "upper_bound"))
     t1 = time.perf_counter()
@@ -393,6 +425,26 @@ def _upper_bound(
     record = {"repetition": rep, "seed": seed, "n_labelled": len(ids), **metrics, **info}
     run.append_upper_bound({**record, "seconds": seconds})
     log(f"upper bound rep {rep}: {len(ids)} labelled, test dice {metrics['test_dice']:.3f}")
+
+
+def _warm_weights(
+    run: RunDirectory, config: Config, strategy: str, rep: int, done: int
+) -> dict[str, torch.Tensor] | None:
+    """The weights iteration ``done`` of a resumed run fine-tunes with ``train.init=warm``:
+    those of iteration ``done - 1`` from the checkpoint, or, if the run stopped after
+    checkpointing iteration ``done`` but before recording it, the weights that iteration
+    started from (kept in its checkpoint as ``warm_from``). ``None`` for a fresh sequence."""
+    if done == 0 or config.train.init != "warm":
+        return None
+    checkpoint = run.load_checkpoint(strategy, rep)
+    if checkpoint["iteration"] == done - 1:
+        return checkpoint["model"]
+    if checkpoint["iteration"] == done and checkpoint.get("warm_from") is not None:
+        return checkpoint["warm_from"]
+    raise UserError(
+        f"cannot resume {strategy} repetition {rep}: its checkpoint holds iteration "
+        f"{checkpoint['iteration']}, not {done - 1}; start a new --out"
+    )
 
 
 def _persist(
@@ -409,6 +461,7 @@ def _persist(
         {
             "model": model.state_dict(),
             "iteration": i,
+            "warm_from": learner.started_from,
             "config": to_dict(config),
             "normalizer": {
                 "mean": learner.data.normalizer.mean,

@@ -25,6 +25,7 @@ from activeseg.model import probabilities, seeded_dropout
 from activeseg.runtime import Runtime
 
 LOSSES = ("dice", "wbce", "dice_then_wbce")
+INITS = ("scratch", "warm")  # train.init: how each iteration's model starts
 
 
 class WeightedBCE(nn.Module):
@@ -118,9 +119,10 @@ def fit(
 
     Batches are drawn without replacement from a reshuffled order (with replacement when
     ``N < batch_size``); every random draw (order, augmentation, dropout) comes from
-    ``generator``. A non-finite loss stops training with
-    :class:`~activeseg.errors.TrainingDiverged` (a :class:`UserError`); ``model`` is then
-    left half-trained and must be discarded.
+    ``generator``. With ``cfg.patience > 0`` training stops after that many validations
+    without a better Dice (``FitResult.steps`` counts the steps run). A non-finite loss
+    stops training with :class:`~activeseg.errors.TrainingDiverged` (a :class:`UserError`);
+    ``model`` is then left half-trained and must be discarded.
     """
     if len(images) == 0:
         raise UserError("no labelled patches to train on")
@@ -136,6 +138,8 @@ def fit(
     history: list[tuple[int, float, float]] = []
     order = _batches(len(images), cfg.batch_size, generator)
     loss_value = float("nan")
+    stale = 0  # validations since the best one
+    step = 0
     bar = tqdm(total=total, desc="train", leave=False, disable=not progress, unit="step")
     with seeded_dropout(model, generator):
         for step in range(1, total + 1):
@@ -161,14 +165,17 @@ def fit(
             if step % cfg.validate_every == 0 or step == total:
                 dice = evaluate(model, val_images, val_masks, runtime)["dice"]
                 history.append((step, loss_value, dice))
+                stale = stale + 1 if dice <= best[0] else 0
                 if dice > best[0]:
                     best = (dice, step, copy.deepcopy(model.state_dict()))
                 bar.set_postfix(loss=f"{loss_value:.3f}", val_dice=f"{dice:.3f}")
             bar.update()
+            if cfg.patience and stale >= cfg.patience:
+                break
     bar.close()
     model.load_state_dict(best[2])
     model.eval()
-    return FitResult(total, best[0], best[1], time.perf_counter() - start, loss_value, history)
+    return FitResult(step, best[0], best[1], time.perf_counter() - start, loss_value, history)
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
