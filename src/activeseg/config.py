@@ -190,6 +190,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.epochs": 40,
         "train.batch_size": 8,
         "train.validate_every": 10,
+        "train.warm_epochs": 10,
         "scoring.mc_samples": 10,
         "loop.repetitions": 2,
         "loop.iterations": 5,
