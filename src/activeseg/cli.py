@@ -79,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
         "--minutes-per-axon", type=float, help="annotation time per myelinated axon (default 3)"
     )
 
+    bench = sub.add_parser(
+        "bench", help="benchmarks: MC scoring vs baal and a naive loop, training, one iteration"
+    )
+    bench.add_argument("--quick", action="store_true", help="tiny sizes (checks the plumbing)")
+    bench.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    bench.add_argument("--sem", help="BIDS SEM folder for the AL-iteration benchmark")
+
     show = sub.add_parser("config", help="print the resolved config of a preset as YAML")
     show.add_argument("--preset", default="cpu")
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -153,6 +160,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "config":
         print(save_yaml(with_overrides(preset(args.preset), parse_assignments(args.set))), end="")
         return 0
+    if args.command == "bench":
+        from activeseg.bench import bench
+
+        return bench(args.quick, args.json, args.sem)
     if args.command == "report":
         print(f"report: {write_report(args.run_dir, args.out, args.minutes_per_axon).resolve()}")
         return 0

@@ -1,0 +1,504 @@
+"""Benchmarks measured side by side in one process: ratios, not absolute claims.
+
+``activeseg bench [--quick] [--json FILE] [--sem PATH]`` (or ``python benchmarks/bench.py``)
+prints one table and optionally writes the numbers as JSON:
+
+* **Peaks**: the fp32 and bf16 matmul throughput of this machine, measured now.
+* **MC scoring** (T samples of a pool of patches, the ``cpu`` preset network and the paper
+  network): activeseg's engine (:func:`activeseg.scoring.mc_statistics`) vs a naive fp32 loop
+  (one forward per sample and patch, NCHW, all outputs kept) vs baal 2's
+  ``ModelWrapper.predict_on_batch`` (default: the batch replicated T times in memory) and with
+  ``MCCachingModule`` (T calls, the layers before the first dropout cached). Seconds,
+  patches/s, peak resident memory above the start, executed GFLOP/s (FLOPs counted by
+  :class:`torch.utils.flop_counter.FlopCounterMode` on one patch) as a fraction of both peaks,
+  and the correlation of the per-patch std sums with the naive loop's.
+* **Training**: images/s of :func:`activeseg.train.fit` vs a plain fp32 NCHW loop with
+  per-sample (scipy) augmentation.
+* **One AL iteration** of the ``cpu`` preset on the SEM data (``--sem``; the phantom
+  otherwise): seconds of train / eval / score.
+
+baal is optional (``pip install activeseg[bench]``); without it its rows are skipped and its
+ratios are ``null``. Run through ``/work/bin/measure --cores 2`` or on an idle machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.losses import DiceLoss
+from scipy import ndimage
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from activeseg.config import TrainConfig, preset, with_overrides
+from activeseg.data.patches import tile
+from activeseg.data.phantom import make_phantom
+from activeseg.model import MCDropout, UNet, mc_dropout, probabilities, seeded_dropout
+from activeseg.rundir import atomic_write_text, read_records
+from activeseg.runtime import Runtime, resolve, torch_generator
+from activeseg.scoring import mc_statistics
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What a benchmark run measures (``--quick``: seconds, for the plumbing test)."""
+
+    samples: int  # MC samples T
+    pool: int  # patches scored
+    patch: int  # pixels
+    mc_batch: int  # activeseg MC samples per forward
+    baal_batch: int  # patches per baal default call (replicated T times)
+    paper_net: bool  # also benchmark the paper network
+    train_steps: int
+    train_batch: int
+    matmul: int  # matrix side of the peak measurement
+    sem_overrides: dict[str, Any]
+
+
+FULL = Sizes(50, 16, 128, 10, 2, True, 20, 8, 2048, {})
+QUICK_SEM = {"data.patch_size": 32, "train.epochs": 1, "scoring.mc_samples": 2, "data.n_pool": 4}
+QUICK = Sizes(4, 2, 32, 2, 1, False, 2, 2, 256, QUICK_SEM)
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current, peak) resident set of this process, MB (Linux ``/proc``; else zeros)."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return 0.0, 0.0
+    values = {}
+    for line in status.read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+def reset_peak() -> None:
+    """Reset the process's peak resident set to the current one (Linux ``clear_refs``)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def measure(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """Run ``fn``; (its result, seconds, peak resident memory above the start in MB)."""
+    reset_peak()
+    before, _ = rss_mb()
+    start = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - start
+    return out, seconds, max(rss_mb()[1] - before, 0.0)
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of the matmuls and convolutions ``fn`` executes."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(dtype: torch.dtype, n: int, seconds: float = 1.0) -> float:
+    """Best GFLOP/s of an ``n x n`` matmul in ``dtype`` over about ``seconds``."""
+    g = torch_generator(0)
+    a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
+    a @ b  # warm-up
+    best, end = 0.0, time.perf_counter() + seconds
+    while True:
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+        if time.perf_counter() > end:
+            return best
+
+
+def make_net(depth: int, filters: int, seed: int = 0) -> UNet:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet(1, 1, depth, filters, 0.2).eval()
+
+
+def pool_images(n: int, patch: int) -> torch.Tensor:
+    """``n`` standardised phantom patches ``[n, 1, patch, patch]``."""
+    per_image = max(1, (256 // patch) ** 2)
+    samples = make_phantom(n_images=-(-n // per_image), size=256, seed=0)
+    images = torch.from_numpy(tile(samples, patch).images[:n]).float()
+    return (images - images.mean()) / images.std()
+
+
+def torch_dropout_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every :class:`MCDropout` replaced by ``nn.Dropout`` (what
+    baal patches), in NCHW."""
+    out = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    for name, module in list(out.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, MCDropout):
+                setattr(module, child_name, nn.Dropout(child.p))
+        del name
+    return out
+
+
+# --------------------------------------------------------------------------- MC scoring
+
+Stats = tuple[torch.Tensor, torch.Tensor]  # mean, std [N, 1, H, W]
+
+
+def naive_mc(model: UNet, images: torch.Tensor, samples: int, seed: int) -> Stats:
+    """One fp32 NCHW forward per sample and patch; all outputs kept, then mean and std."""
+    model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    means, stds = [], []
+    with torch.no_grad(), mc_dropout(model, torch_generator(seed)):
+        for image in images:
+            out = torch.stack([probabilities(model(image[None]))[0] for _ in range(samples)])
+            means.append(out.mean(0))
+            stds.append(out.std(0, correction=0))
+    return torch.stack(means), torch.stack(stds)
+
+
+def baal_mc(model: UNet, images: torch.Tensor, samples: int, cached: bool, batch: int) -> Stats:
+    """baal 2's ``predict_on_batch``: default (input replicated ``samples`` times, ``batch``
+    patches per call) or with ``MCCachingModule`` (``samples`` calls on the whole pool)."""
+    from baal.bayesian.caching_utils import MCCachingModule
+    from baal.bayesian.dropout import MCDropoutModule
+    from baal.modelwrapper import ModelWrapper, TrainingArgs
+
+    net: nn.Module = MCDropoutModule(torch_dropout_copy(model))
+    if cached:
+        net = MCCachingModule(net)
+    net.eval()
+    wrapper = ModelWrapper(net, TrainingArgs(use_cuda=False, replicate_in_memory=not cached))
+    step = len(images) if cached else batch
+    means, stds = [], []
+    for i in range(0, len(images), step):
+        logits = wrapper.predict_on_batch(images[i : i + step], iterations=samples)
+        p = torch.sigmoid(logits)  # [B, 1, H, W, T]
+        means.append(p.mean(-1))
+        stds.append(p.std(-1, correction=0))
+    return torch.cat(means), torch.cat(stds)
+
+
+def activeseg_mc(
+    model: UNet, images: torch.Tensor, samples: int, batch: int, runtime: Runtime
+) -> Stats:
+    stats = mc_statistics(
+        copy.deepcopy(model), images, list(range(len(images))), samples, batch, 0, runtime
+    )
+    return stats.mean, stats.std
+
+
+def have_baal() -> bool:
+    try:
+        import baal  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def bench_mc(
+    name: str,
+    model: UNet,
+    sizes: Sizes,
+    peaks: dict[str, float],
+    log: Callable[[str], None],
+    bf16: bool = True,
+) -> dict[str, dict[str, float]]:
+    """One row per method: seconds, patches/s, peak MB, GFLOP/s, fractions of the peaks,
+    correlation of per-patch std sums with the naive loop's; ``bf16``: also activeseg with
+    bf16 autocast."""
+    images = pool_images(sizes.pool, sizes.patch)
+    t = sizes.samples
+    methods: dict[str, Callable[[torch.Tensor], Stats]] = {
+        "naive fp32 loop": lambda x: naive_mc(model, x, t, 1),
+        "activeseg fp32": lambda x: activeseg_mc(
+            model, x, t, sizes.mc_batch, resolve("cpu", "fp32")
+        ),
+    }
+    if bf16:
+        methods["activeseg bf16"] = lambda x: activeseg_mc(
+            model, x, t, sizes.mc_batch, resolve("cpu", "bf16")
+        )
+    if have_baal():
+        methods["baal default"] = lambda x: baal_mc(model, x, t, False, sizes.baal_batch)
+        methods["baal MCCachingModule"] = lambda x: baal_mc(model, x, t, True, sizes.baal_batch)
+    rows: dict[str, dict[str, float]] = {}
+    reference: torch.Tensor | None = None
+    for method, fn in methods.items():
+        fn(images[:1])  # warm-up (allocator, oneDNN primitives)
+        (_, std), seconds, peak = measure(functools.partial(fn, images))
+        flops = count_flops(functools.partial(fn, images[:1])) * len(images)
+        score = std.double().flatten(1).sum(1)
+        if reference is None:
+            reference = score
+        corr = float(torch.corrcoef(torch.stack([score, reference]))[0, 1])
+        gflops = flops / seconds / 1e9
+        rows[method] = {
+            "seconds": seconds,
+            "patches_per_s": len(images) / seconds,
+            "peak_mb": peak,
+            "gflop_per_s": gflops,
+            "fraction_of_fp32_peak": gflops / peaks["fp32"],
+            "fraction_of_bf16_peak": gflops / peaks["bf16"],
+            "std_sum_correlation_with_naive": corr,
+        }
+        log(f"  MC {name}: {method}: {seconds:.2f} s, {gflops:.1f} GFLOP/s, {peak:.0f} MB")
+    return rows
+
+
+def mc_memory_vs_samples(model: UNet, sizes: Sizes) -> dict[str, float]:
+    """activeseg's peak memory above the start for T/5 and T samples."""
+    images = pool_images(sizes.pool, sizes.patch)
+    runtime = resolve("cpu", "fp32")
+    out = {}
+    for t in (max(2, sizes.samples // 5), sizes.samples):
+        _, _, peak = measure(
+            functools.partial(activeseg_mc, model, images, t, sizes.mc_batch, runtime)
+        )
+        out[f"T={t}"] = peak
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def plain_augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple:
+    """Per-sample numpy augmentation as Keras does it: rotation, zoom, shift and flips as one
+    affine map, image bilinear, mask nearest. ``image``/``mask`` ``[H, W]``."""
+    h, w = image.shape
+    angle, zoom = np.radians(rng.uniform(-10, 10)), np.exp(rng.uniform(-1, 1) * np.log(1.2))
+    flip = np.where(rng.random(2) < 0.5, -1.0, 1.0)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    matrix = rot @ np.diag(flip) / zoom
+    centre = np.array([h, w]) / 2
+    offset = centre - matrix @ centre + rng.uniform(-0.1, 0.1, 2) * np.array([h, w])
+    img = ndimage.affine_transform(image, matrix, offset, order=1, mode="nearest")
+    msk = ndimage.affine_transform(mask, matrix, offset, order=0, mode="nearest")
+    return img, msk
+
+
+def plain_train(
+    model: UNet, images: torch.Tensor, masks: torch.Tensor, steps: int, batch: int
+) -> None:
+    """fp32 NCHW training steps with per-sample augmentation (the baseline)."""
+    model = model.to(memory_format=torch.contiguous_format).train()  # type: ignore[call-overload]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = DiceLoss(sigmoid=True, batch=True)
+    rng = np.random.default_rng(0)
+    x_np, y_np = images.numpy(), masks.numpy()
+    with seeded_dropout(model, torch_generator(0)):
+        for _ in range(steps):
+            idx = rng.choice(len(x_np), batch, replace=len(x_np) < batch)
+            pairs = [plain_augment(x_np[i, 0], y_np[i, 0], rng) for i in idx]
+            x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
+            y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None])
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def activeseg_train(
+    model: UNet, images: torch.Tensor, masks: torch.Tensor, steps: int, batch: int, rt: Runtime
+) -> None:
+    """:func:`activeseg.train.fit` for ``steps`` steps (one validation, on one patch, at the
+    end)."""
+    from activeseg.train import fit
+
+    cfg = TrainConfig(epochs=steps, steps_per_epoch=1, batch_size=batch, validate_every=10**6)
+    fit(model, images, masks, images[:1], masks[:1], cfg, rt, torch_generator(0))
+
+
+def train_step_flops(model: UNet, batch: int, patch: int) -> int:
+    """FLOPs of one forward and backward pass of a batch."""
+    model = copy.deepcopy(model).train()
+    x = torch.randn(batch, 1, patch, patch)
+
+    def step() -> None:
+        with seeded_dropout(model, torch_generator(0)):
+            model(x).sum().backward()
+
+    return count_flops(step)
+
+
+def bench_train(
+    model: UNet, sizes: Sizes, peaks: dict[str, float], log: Callable[[str], None]
+) -> dict[str, dict[str, float]]:
+    n = max(sizes.train_batch * 2, 4)
+    images = pool_images(n, sizes.patch)
+    masks = (images > 0.5).float()
+    flops = train_step_flops(model, sizes.train_batch, sizes.patch)
+    steps, batch = sizes.train_steps, sizes.train_batch
+    methods: dict[str, Callable[[int], None]] = {
+        "plain fp32 NCHW": lambda s: plain_train(copy.deepcopy(model), images, masks, s, batch),
+        "activeseg fp32": lambda s: activeseg_train(
+            copy.deepcopy(model), images, masks, s, batch, resolve("cpu", "fp32")
+        ),
+        "activeseg bf16": lambda s: activeseg_train(
+            copy.deepcopy(model), images, masks, s, batch, resolve("cpu", "bf16")
+        ),
+    }
+    rows = {}
+    for method, fn in methods.items():
+        fn(2)  # warm-up
+        _, seconds, peak = measure(functools.partial(fn, steps))
+        gflops = flops * steps / seconds / 1e9
+        rows[method] = {
+            "seconds": seconds,
+            "images_per_s": steps * batch / seconds,
+            "peak_mb": peak,
+            "gflop_per_s": gflops,
+            "fraction_of_fp32_peak": gflops / peaks["fp32"],
+            "fraction_of_bf16_peak": gflops / peaks["bf16"],
+        }
+        log(f"  train: {method}: {steps * batch / seconds:.1f} images/s")
+    return rows
+
+
+# ------------------------------------------------------------------------- AL iteration
+
+
+def bench_iteration(sem: str | None, sizes: Sizes) -> dict[str, float]:
+    """Seconds of iteration 0 (train, eval, score) of the ``cpu`` preset, ``std_edt``."""
+    from activeseg.simulate import simulate
+
+    overrides: dict[str, Any] = {
+        "data.source": sem or "synthetic",
+        "loop.strategies": "std_edt",
+        "loop.repetitions": 1,
+        "loop.iterations": 1,
+        "loop.upper_bound": False,
+        **sizes.sem_overrides,
+    }
+    if sem is None:
+        overrides.setdefault("data.pixel_size", None)
+    config = with_overrides(preset("cpu"), overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = simulate(config, Path(tmp) / "run", progress=False, log=lambda line: None)
+        record = read_records(out / "records-std_edt-rep0.jsonl")[0]
+    seconds = {k: float(v) for k, v in record["seconds"].items()}
+    return {**seconds, "total": sum(seconds.values())}
+
+
+# ----------------------------------------------------------------------------------- run
+
+
+def run(
+    quick: bool = False, sem: str | None = None, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """All benchmarks; the result dict (see the module docstring)."""
+    sizes = QUICK if quick else FULL
+    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"native bf16: {resolve('cpu', 'auto').bf16}, baal: {have_baal()}")  # fmt: skip
+    peaks = {
+        "fp32": matmul_peak(torch.float32, sizes.matmul),
+        "bf16": matmul_peak(torch.bfloat16, sizes.matmul),
+    }
+    log(f"  matmul peak: fp32 {peaks['fp32']:.1f}, bf16 {peaks['bf16']:.1f} GFLOP/s")
+    cpu = preset("cpu").model
+    nets = {"cpu": make_net(cpu.depth, cpu.base_filters)}
+    if sizes.paper_net:
+        paper = preset("paper-sbem").model
+        nets["paper"] = make_net(paper.depth, paper.base_filters)
+    native = resolve("cpu", "auto").bf16
+    mc = {  # emulated bf16 is slow: measured on the cpu network only
+        name: bench_mc(name, net, sizes, peaks, log, bf16=native or name == "cpu")
+        for name, net in nets.items()
+    }
+    memory = mc_memory_vs_samples(nets["cpu"], sizes)
+    train = bench_train(nets["cpu"], sizes, peaks, log)
+    iteration = bench_iteration(sem, sizes)
+    log(f"  AL iteration: {iteration}")
+    best = mc["cpu"]["activeseg fp32"]
+    if resolve("cpu", "auto").bf16:
+        best = mc["cpu"]["activeseg bf16"]
+
+    def ratio(rows: dict[str, dict[str, float]], key: str) -> float | None:
+        return rows[key]["seconds"] / best["seconds"] if key in rows else None
+
+    fast_train = max(
+        train["activeseg fp32"]["images_per_s"], train["activeseg bf16"]["images_per_s"]
+    )
+    return {
+        "mc_speedup_vs_baal_cached": ratio(mc["cpu"], "baal MCCachingModule"),
+        "mc_speedup_vs_baal_default": ratio(mc["cpu"], "baal default"),
+        "mc_speedup_vs_naive": ratio(mc["cpu"], "naive fp32 loop"),
+        "mc_fraction_of_bf16_peak": best["fraction_of_bf16_peak"],
+        "mc_fraction_of_fp32_peak": best["fraction_of_fp32_peak"],
+        "train_speedup_vs_fp32_nchw": fast_train / train["plain fp32 NCHW"]["images_per_s"],
+        "sem_iteration_seconds": iteration["total"],
+        "sem_iteration_split_seconds": iteration,
+        "sem_data": sem or "synthetic phantom (no --sem given)",
+        "matmul_peak_gflop_per_s": peaks,
+        "mc": mc,
+        "mc_activeseg_peak_mb_by_samples": memory,
+        "train": train,
+        "sizes": {k: v for k, v in vars(sizes).items() if k != "sem_overrides"},
+        "quick": quick,
+        "threads": torch.get_num_threads(),
+        "native_bf16": resolve("cpu", "auto").bf16,
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """The result as one text table (Markdown)."""
+    peaks = result["matmul_peak_gflop_per_s"]
+    lines = [
+        f"matmul peak: fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s; "
+        f"{result['threads']} threads; native bf16: {result['native_bf16']}",
+        "",
+        "| benchmark | method | s | patches or images /s | peak MB | GFLOP/s | % fp32 peak "
+        "| % bf16 peak | std-sum corr. vs naive |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for net, rows in result["mc"].items():
+        for method, r in rows.items():
+            lines.append(
+                f"| MC, {net} net | {method} | {r['seconds']:.2f} | {r['patches_per_s']:.2f} "
+                f"| {r['peak_mb']:.0f} | {r['gflop_per_s']:.1f} "
+                f"| {100 * r['fraction_of_fp32_peak']:.0f} "
+                f"| {100 * r['fraction_of_bf16_peak']:.0f} "
+                f"| {r['std_sum_correlation_with_naive']:.3f} |"
+            )
+    for method, r in result["train"].items():
+        lines.append(
+            f"| train step, cpu net | {method} | {r['seconds']:.2f} | {r['images_per_s']:.1f} "
+            f"| {r['peak_mb']:.0f} | {r['gflop_per_s']:.1f} "
+            f"| {100 * r['fraction_of_fp32_peak']:.0f} | {100 * r['fraction_of_bf16_peak']:.0f} | |"
+        )
+    split = result["sem_iteration_split_seconds"]
+    lines += [
+        "",
+        f"one AL iteration, cpu preset ({result['sem_data']}): train {split['train']:.1f} s, "
+        f"eval {split['eval']:.1f} s, score {split['score']:.1f} s, total {split['total']:.1f} s",
+        f"activeseg MC peak memory by T: {result['mc_activeseg_peak_mb_by_samples']}",
+        "",
+    ]
+    keys = [k for k, v in result.items() if k.endswith(("speedup_vs_baal_cached",
+            "speedup_vs_baal_default", "speedup_vs_naive", "peak", "fp32_nchw",
+            "iteration_seconds")) and not isinstance(v, dict)]  # fmt: skip
+    lines += [f"{k}: {'n/a' if result[k] is None else f'{result[k]:.3g}'}" for k in keys]
+    return "\n".join(lines)
+
+
+def bench(quick: bool = False, json_path: Path | None = None, sem: str | None = None) -> int:
+    """``activeseg bench``: run, print the table, write the JSON; exit code 0."""
+    result = run(quick, sem)
+    print(table(result))
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(result, indent=1))
+    return 0

@@ -1,0 +1,64 @@
+"""``activeseg bench --quick``: the plumbing of the benchmarks (tiny sizes, seconds)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from activeseg import bench
+from activeseg.cli import main
+
+REQUIRED = (
+    "mc_speedup_vs_baal_cached",
+    "mc_speedup_vs_baal_default",
+    "mc_fraction_of_bf16_peak",
+    "train_speedup_vs_fp32_nchw",
+    "sem_iteration_seconds",
+)
+
+
+@pytest.mark.slow
+def test_quick_bench_prints_a_table_and_writes_every_required_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    baal = bench.have_baal()
+    for key in REQUIRED:
+        if key.startswith("mc_speedup_vs_baal") and not baal:
+            assert result[key] is None
+        else:
+            assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0
+    assert set(result["sem_iteration_split_seconds"]) == {"train", "eval", "score", "total"}
+    assert result["matmul_peak_gflop_per_s"]["fp32"] > 0
+    methods = set(result["mc"]["cpu"])
+    assert {"naive fp32 loop", "activeseg fp32"} <= methods
+    assert ("baal MCCachingModule" in methods) == baal
+    rows = result["mc"]["cpu"]
+    assert rows["naive fp32 loop"]["std_sum_correlation_with_naive"] == pytest.approx(1.0)
+    assert all(-1 <= r["std_sum_correlation_with_naive"] <= 1 for r in rows.values())
+    table = capsys.readouterr().out
+    assert "| MC, cpu net | activeseg fp32 |" in table and "train_speedup_vs_fp32_nchw" in table
+
+
+def test_baal_is_fed_the_same_network_with_torch_dropout() -> None:
+    model = bench.make_net(3, 4)
+    copy = bench.torch_dropout_copy(model)
+    kinds = [type(m).__name__ for m in copy.modules()]
+    assert "MCDropout" not in kinds and kinds.count("Dropout") == 2
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(copy.eval()(x), model.eval()(x))
+
+
+def test_plain_augmentation_warps_image_and_mask_alike() -> None:
+    rng = __import__("numpy").random.default_rng(0)
+    image = torch.zeros(32, 32)
+    image[8:24, 8:24] = 1.0
+    img, msk = bench.plain_augment(image.numpy(), image.numpy(), rng)
+    assert set(msk.ravel().tolist()) <= {0.0, 1.0}
+    assert ((img > 0.5) == (msk > 0.5)).mean() > 0.97
