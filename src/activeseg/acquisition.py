@@ -48,9 +48,10 @@ from scipy import ndimage
 
 from activeseg.errors import UserError
 from activeseg.scoring import McStats, entropy
+from activeseg.similarity import min_max, mutual_information, quantise
 
 EDT_MODES = ("border", "foreground")
-COMMITTEE_KINDS: tuple[str, ...] = ()
+COMMITTEE_KINDS: tuple[str, ...] = ("ensemble", "svgd")
 """Committees a strategy may run on (trained by :mod:`activeseg.committee`)."""
 
 
@@ -181,6 +182,44 @@ class MapStrategy:
 StdStrategy = MapStrategy  # the foundation's name of the std family
 
 
+@dataclass(frozen=True)
+class NathStrategy:
+    """Nath et al. (2021): ``H_norm - weight * MI_norm``.
+
+    ``H``: the per-pixel entropy of the committee-mean prediction, averaged per patch (the
+    map and the per-chunk score). ``MI`` (in :meth:`finalize`): the mean over the labelled
+    patches of the mutual information between the patch's and the labelled patch's intensity
+    histograms (``bins`` fixed bins over the intensity range of all patches,
+    :mod:`activeseg.similarity`) — high for a patch that looks like what is labelled already.
+    Both terms are min–max normalised over the pool. Nath et al. compare whole images; here
+    the units are the loop's patches.
+    """
+
+    name: str = "svgd_mi"
+    weight: float = 1.0
+    bins: int = 32
+    needs_mc: bool = True
+    committee: str | None = "svgd"
+
+    def score(self, stats: McStats | None, n: int, rng: np.random.Generator) -> Scores:
+        if stats is None:
+            raise ValueError(f"strategy {self.name} needs committee statistics")
+        maps = entropy_map(stats)
+        return Scores(reduce_maps(maps, "mean"), maps)
+
+    def finalize(self, pool: PoolScores) -> np.ndarray:
+        if pool.images is None:
+            raise ValueError(f"strategy {self.name} needs the images of the pool")
+        if len(pool.labelled) == 0:
+            return min_max(pool.scores)
+        images = pool.images
+        lo, hi = float(images.min()), float(images.max())
+        pooled = quantise(images[pool.ids], self.bins, lo, hi)
+        labelled = quantise(images[np.unique(pool.labelled)], self.bins, lo, hi)
+        mi = mutual_information(pooled, labelled, self.bins).mean(1)
+        return min_max(pool.scores) - self.weight * min_max(mi)
+
+
 def foreground(mean: torch.Tensor, threshold: float) -> torch.Tensor:
     """Predicted foreground ``[N, *S]`` (bool) of mean probabilities ``[N, C, *S]``: channel 0
     above ``threshold`` for a sigmoid output, any class but 0 (background) by arg-max for a
@@ -293,4 +332,9 @@ STRATEGIES: dict[str, Callable[[str, float], Strategy]] = {
     "std_edt": lambda edt, thr: MapStrategy("std_edt", edt=edt, threshold=thr),
     "entropy": lambda edt, thr: MapStrategy("entropy", "entropy", reduction="mean"),
     "bald": lambda edt, thr: MapStrategy("bald", "bald", reduction="mean"),
+    "ensemble": lambda edt, thr: MapStrategy(
+        "ensemble", "entropy", reduction="mean", committee="ensemble"
+    ),
+    "svgd": lambda edt, thr: MapStrategy("svgd", "entropy", reduction="mean", committee="svgd"),
+    "svgd_mi": lambda edt, thr: NathStrategy(),
 }

@@ -113,6 +113,20 @@ class ScoringConfig:
 
 
 @dataclass(frozen=True)
+class CommitteeConfig:
+    """Committees of the strategies ``ensemble``, ``svgd``, ``svgd_mi`` and
+    ``<strategy>@<committee>``: ``members`` U-Nets (Nath et al.: 5). ``ensemble`` trains them
+    independently (as ``train``), ``svgd`` jointly by Stein variational gradient descent
+    with the Dice log-likelihood ``-log(DiceLoss + svgd_epsilon)``; ``svgd_repulsion = false``
+    replaces the kernel by the identity (independent particles; an ablation).
+    """
+
+    members: int = 5
+    svgd_epsilon: float = 1e-3
+    svgd_repulsion: bool = True
+
+
+@dataclass(frozen=True)
 class LoopConfig:
     """The active-learning protocol: strategies x repetitions x iterations, k per query.
 
@@ -142,6 +156,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    committee: CommitteeConfig = field(default_factory=CommitteeConfig)
 
 
 # Presets: overrides of the defaults (which are the paper's SBEM values).

@@ -21,12 +21,19 @@ import torch
 from tqdm.auto import tqdm
 
 from activeseg import loop
-from activeseg.acquisition import EDT_MODES, get_selection, get_strategy
+from activeseg.acquisition import COMMITTEE_KINDS, EDT_MODES, get_selection, get_strategy
+from activeseg.committee import (
+    committee_dice,
+    committee_statistics,
+    disagreement,
+    fit_svgd,
+    member_probabilities,
+)
 from activeseg.config import Config, DataConfig, to_dict
 from activeseg.data.patches import Normalizer, PatchSet, Split, resample, split_by_source, tile
 from activeseg.data.sources import load_source
 from activeseg.errors import TrainingDiverged, UserError
-from activeseg.metrics import metrics_from_confusion, summarize, uncertainty_quality
+from activeseg.metrics import confusion, metrics_from_confusion, summarize, uncertainty_quality
 from activeseg.model import UNet
 from activeseg.rundir import MapsWriter, RunDirectory, disk_usage
 from activeseg.runtime import Runtime, derive_seed, resolve, torch_generator
@@ -145,11 +152,21 @@ class UNetLearner:
             raise RuntimeError("fit() must run before evaluate() or statistics()")
         return self.model
 
-    def evaluate(self) -> dict[str, Any]:
+    def checkpoint(self) -> dict[str, Any]:
+        """The trained weights for the iteration's checkpoint."""
+        return {"model": self.trained_model().state_dict()}
+
+    def test_counts(self) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Per-patch confusion counts ``[N, 4]`` on the test set, and extra metrics."""
         images, masks = self._test
         threshold = self.config.scoring.threshold
-        counts = confusion_counts(self.trained_model(), images, masks, self.runtime, threshold)
-        out: dict[str, Any] = {f"test_{k}": v for k, v in summarize(counts).items()}
+        return confusion_counts(self.trained_model(), images, masks, self.runtime, threshold), {}
+
+    def evaluate(self) -> dict[str, Any]:
+        masks = self._test[1]
+        threshold = self.config.scoring.threshold
+        counts, extra = self.test_counts()
+        out: dict[str, Any] = {f"test_{k}": v for k, v in summarize(counts).items()} | extra
         out["test_dice_per_patch"] = metrics_from_confusion(counts)["dice"].tolist()
         if self.config.scoring.test_uncertainty:
             stats = self.statistics(self.data.split.test, derive_seed(self._seed, "test_mc"))
@@ -169,6 +186,101 @@ class UNetLearner:
             self.runtime,
             self.progress,
         )
+
+
+class CommitteeLearner(UNetLearner):
+    """A committee of ``committee.members`` U-Nets (:mod:`activeseg.committee`): ``kind``
+    ``ensemble`` (independent trainings with seeds ``(seed, "member", m)``) or ``svgd``
+    (particles initialised like the ensemble's members, trained jointly by SVGD). Evaluation
+    thresholds the committee-mean probability and also records each member's test Dice
+    (``test_member_dice``) and the fraction of test pixels where the members' thresholded
+    predictions differ (``test_member_disagreement``); statistics are over the members."""
+
+    def __init__(
+        self, data: Prepared, config: Config, runtime: Runtime, progress: bool, kind: str
+    ) -> None:
+        super().__init__(data, config, runtime, progress)
+        if kind not in COMMITTEE_KINDS:
+            raise UserError(f"unknown committee {kind!r}; one of {', '.join(COMMITTEE_KINDS)}")
+        self.kind = kind
+        self.members: list[UNet] = []
+
+    def fit(self, ids: np.ndarray, masks: np.ndarray, seed: int) -> dict[str, Any]:
+        self._seed = seed
+        c = self.config.committee
+        self.members = [self.new_model(derive_seed(seed, "init", m)) for m in range(c.members)]
+        self.model = self.members[0]
+        images, targets = self.data.images[ids], torch.from_numpy(masks).float()
+        if self.kind == "ensemble":
+            results = [
+                fit(
+                    member,
+                    images,
+                    targets,
+                    *self._val,
+                    self.config.train,
+                    self.runtime,
+                    torch_generator(derive_seed(seed, "member", m), self.runtime.device),
+                    self.progress,
+                )
+                for m, member in enumerate(self.members)
+            ]
+            return {
+                "val_dice": committee_dice(self.members, *self._val, self.runtime),
+                "member_val_dice": [r.best_val_dice for r in results],
+                "best_step": [r.best_step for r in results],
+                "train_steps": results[0].steps,
+                "final_loss": float(np.mean([r.final_loss for r in results])),
+            }
+        result = fit_svgd(
+            self.members,
+            images,
+            targets,
+            *self._val,
+            self.config.train,
+            self.runtime,
+            torch_generator(seed, self.runtime.device),
+            c.svgd_epsilon,
+            c.svgd_repulsion,
+            self.progress,
+        )
+        return {
+            "val_dice": result.best_val_dice,
+            "best_step": result.best_step,
+            "train_steps": result.steps,
+            "final_loss": result.final_loss,
+            "svgd": result.history,
+        }
+
+    def checkpoint(self) -> dict[str, Any]:
+        self.trained_model()
+        return {"committee": self.kind, "members": [m.state_dict() for m in self.members]}
+
+    def test_counts(self) -> tuple[torch.Tensor, dict[str, Any]]:
+        self.trained_model()
+        images, masks = self._test
+        threshold = self.config.scoring.threshold
+        probs = member_probabilities(self.members, images, self.runtime)
+        target = masks >= 0.5
+        members = [summarize(confusion(p >= threshold, target))["dice"] for p in probs]
+        extra = {
+            "test_member_dice": members,
+            "test_member_disagreement": disagreement(probs, threshold),
+        }
+        return confusion(probs.mean(0) >= threshold, target), extra
+
+    def statistics(self, ids: np.ndarray, seed: int) -> McStats:
+        self.trained_model()
+        return committee_statistics(self.members, self.data.images[ids], self.runtime)
+
+
+def make_learner(
+    kind: str | None, data: Prepared, config: Config, runtime: Runtime, progress: bool
+) -> UNetLearner:
+    """The learner of a strategy's ``committee``: one U-Net with MC dropout for ``None``."""
+    if kind is None:
+        return UNetLearner(data, config, runtime, progress)
+    return CommitteeLearner(data, config, runtime, progress, kind)
 
 
 @dataclass(frozen=True)
@@ -297,7 +409,11 @@ def simulate(
             f"val {len(data.split.val)}, test {len(data.split.test)}; device {runtime.device}"
             f"{' bf16' if runtime.bf16 else ''}"
         )
-        learner = UNetLearner(data, config, runtime, progress)
+        learners = {
+            kind: make_learner(kind, data, config, runtime, progress)
+            for kind in [None, *sorted({s.committee for s in strategies if s.committee})]
+        }
+        learner = learners[None]
         oracle = SimulatedOracle(data.masks)
         total = lc.repetitions * len(strategies) * (lc.iterations + 1)
         bar = tqdm(total=total, desc="iterations", disable=not progress, unit="it")
@@ -316,12 +432,17 @@ def simulate(
                 learner.start(_warm_weights(run, config, strategy.name, rep, len(records)))
 
                 sink = _MapsSink(run, strategy.name, rep, lc.save_maps)
+                active = learners[strategy.committee]
 
                 def persist(
-                    it: loop.Iteration, rep: int = rep, seed: int = seed, sink: _MapsSink = sink
+                    it: loop.Iteration,
+                    rep: int = rep,
+                    seed: int = seed,
+                    sink: _MapsSink = sink,
+                    active: UNetLearner = active,
                 ) -> None:
                     sink.commit()
-                    _persist(run, learner, config, it, rep, seed)
+                    _persist(run, active, config, it, rep, seed)
                     r = it.record
                     log(
                         f"{r['strategy']:>8} rep {rep} it {r['iteration']:2d}: "
@@ -332,7 +453,7 @@ def simulate(
 
                 try:
                     loop.run(
-                        learner,
+                        active,
                         oracle,
                         strategy,
                         state,
@@ -454,12 +575,11 @@ def _persist(
     completed iteration; a crash before it only repeats the iteration, rewriting the same
     files."""
     name, i = it.record["strategy"], it.record["iteration"]
-    model = learner.trained_model()
     run.save_checkpoint(
         name,
         rep,
         {
-            "model": model.state_dict(),
+            **learner.checkpoint(),
             "iteration": i,
             "warm_from": learner.started_from,
             "config": to_dict(config),
