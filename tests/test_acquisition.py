@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from activeseg.acquisition import (
     STRATEGIES,
     MapStrategy,
+    NathStrategy,
     PoolScores,
     RandomStrategy,
     StdStrategy,
@@ -372,3 +373,46 @@ def test_selection_registry_and_errors() -> None:
         select_stochastic_batch(np.ones(3), 1, rng, groups=0)
     with pytest.raises(UserError, match="cannot select 4 patches from a pool of 3"):
         select_stochastic_batch(np.ones(3), 4, rng)
+
+
+# --------------------------------------------------------------------------- Nath et al.
+
+
+def test_svgd_mi_prefers_an_uncertain_patch_unlike_the_labelled_ones() -> None:
+    """Pool: A uncertain (mean 0.5) and a copy of the labelled image; B uncertain and of
+    unrelated structure; C confident (0.95) and unrelated. H_norm = [1, 1, 0], MI_norm =
+    [1, 0, 0] -> scores [0, 1, 0]: B first; entropy alone ties A and B."""
+    labelled = torch.zeros(1, 4, 4)
+    labelled[:, :, 2:] = 1.0  # left / right halves
+    rows = labelled.transpose(1, 2)  # top / bottom halves: independent of left / right
+    images = torch.stack([labelled, labelled.clone(), rows, rows.clone()])  # ids 0..3
+    mean = torch.tensor([0.5, 0.5, 0.95]).view(3, 1, 1, 1).expand(3, 1, 4, 4).clone()
+    stats = McStats(mean, torch.zeros_like(mean), samples=3)
+    strategy = get_strategy("svgd_mi")
+    assert strategy.committee == "svgd"
+    per_patch = strategy.score(stats, 3, np.random.default_rng(0))
+    assert per_patch.scores[0] == per_patch.scores[1] > per_patch.scores[2]
+    pool = PoolScores(np.array([1, 2, 3]), per_patch.scores, np.array([0]), images)
+    np.testing.assert_allclose(strategy.finalize(pool), [0.0, 1.0, 0.0], atol=1e-9)
+    weighted = NathStrategy(weight=0.5).finalize(pool)
+    np.testing.assert_allclose(weighted, [0.5, 1.0, 0.0], atol=1e-9)
+
+
+def test_svgd_mi_without_labelled_patches_or_images() -> None:
+    strategy = NathStrategy()
+    scores = np.array([1.0, 3.0, 2.0])
+    alone = PoolScores(np.arange(3), scores, np.arange(0), torch.zeros(3, 1, 2, 2))
+    np.testing.assert_allclose(strategy.finalize(alone), [0.0, 1.0, 0.5])
+    with pytest.raises(ValueError, match="needs the images of the pool"):
+        strategy.finalize(PoolScores(np.arange(3), scores, np.arange(1)))
+
+
+def test_committee_strategies_and_the_at_syntax() -> None:
+    assert get_strategy("ensemble").committee == "ensemble"
+    assert get_strategy("svgd").committee == "svgd"
+    assert get_strategy("bald").committee is None
+    combined = get_strategy("bald@ensemble")
+    assert (combined.name, combined.committee) == ("bald@ensemble", "ensemble")
+    assert get_strategy("random@svgd").needs_mc is False
+    with pytest.raises(UserError, match="unknown strategy 'bald@forest'"):
+        get_strategy("bald@forest")
