@@ -57,6 +57,8 @@ def test_unknown_preset_exits_2_with_one_line(
         ),
         (["--data", "synthetic", "--set", "data.source=x"], "data.source given both"),
         (["--data", "/does/not/exist"], "data source '/does/not/exist' is not a directory"),
+        (["--set", "loop.selection=best"], "loop.selection: 'best' is not one of top_k"),
+        (["--strategies", "bald@forest"], "unknown strategy 'bald@forest'"),
     ],
 )
 def test_simulate_user_errors_exit_2_with_one_line_and_no_run(
@@ -80,11 +82,12 @@ def test_simulate_flags_reach_the_config(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(simulate_module, "simulate", fake_simulate)
     args = ["simulate", "--preset", "demo", "--out", str(tmp_path), "--resume", "--quiet"]
     args += ["--strategies", "std_sum,random", "--repetitions", "4", "--iterations", "3"]
-    args += ["-k", "2", "--seed", "9", "--set", "train.lr=1e-3"]
+    args += ["-k", "2", "--seed", "9", "--set", "train.lr=1e-3", "--pool-policy", "keep"]
     args += ["--init", "warm", "--precision", "bf16"]
     assert main(args) == 130
     config = seen["config"]
     assert (config.train.init, config.train.precision) == ("warm", "bf16")
+    assert config.loop.pool_policy == "keep"
     assert config.loop.strategies == ("std_sum", "random")
     assert (config.loop.repetitions, config.loop.iterations, config.loop.query_size) == (4, 3, 2)
     assert (config.loop.seed, config.train.lr, config.data.source) == (9, 1e-3, "synthetic")

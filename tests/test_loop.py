@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from activeseg.acquisition import PoolScores, Scores, Strategy, get_strategy
+from activeseg.acquisition import (
+    PoolScores,
+    Scores,
+    Strategy,
+    get_strategy,
+    select_stochastic_batch,
+)
 from activeseg.errors import UserError
 from activeseg.loop import Chunk, Iteration, LoopState, resume_state, run
 from activeseg.scoring import McStats
@@ -365,3 +371,21 @@ def test_resume_under_keep_reproduces_the_state() -> None:
     assert again.labelled == state.labelled and again.pool == state.pool == POOL
     with pytest.raises(ValueError, match="pool policy 'drop'"):
         LoopState([], [], "drop")
+
+
+def test_stochastic_selection_reaches_the_loop() -> None:
+    """With one group per query the loop picks random k-groups, not the top k."""
+    picks = set()
+    for seed in range(8):
+        learner = FakeLearner()
+        state = LoopState(list(INITIAL), list(POOL))
+        seen: list[Iteration] = []
+        run(
+            learner, FakeOracle(), get_strategy("std_sum"), state, 1, 3, seed,
+            on_iteration=seen.append,
+            select=lambda s, k, rng: select_stochastic_batch(s, k, rng, groups=1),
+        )  # fmt: skip
+        chosen = seen[0].record["selected"]
+        assert len(set(chosen)) == 3 and set(chosen) <= set(POOL)
+        picks.add(tuple(sorted(chosen)))
+    assert len(picks) > 4

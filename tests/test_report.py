@@ -19,7 +19,7 @@ from scipy import ndimage, stats
 from activeseg.cli import main
 from activeseg.config import Config, load_yaml, with_overrides
 from activeseg.metrics import auroc, reliability, uncertainty_quality
-from activeseg.report.build import compute_verdict, write_report
+from activeseg.report.build import Context, _verdict_section, compute_verdict, write_report
 from activeseg.report.records import Run
 from activeseg.report.verdict import (
     Spread,
@@ -329,3 +329,45 @@ def test_report_without_the_data_leaves_out_images_and_hours(run_dir: Path, tmp_
     rows = _csv(tmp_path / "elsewhere" / "verdict.csv")
     assert all(r["hours_budget_known"] == "0" for r in rows)
     assert (tmp_path / "elsewhere" / "maps_std_edt.png").exists()  # maps are in the run
+
+
+# ----------------------------------------------------------------------------- keep, ranking
+
+
+def test_keep_policy_measures_x_in_unique_annotated_patches(tmp_path: Path) -> None:
+    """Under ``keep`` rep 0 re-chooses patch 2 (no annotation cost): its unique annotated
+    count is 2, 3, 3 while the training set grows 2, 3, 4. Its AULC and patches-to-reach use
+    added = 0, 1, 1; rep 1 annotates two new patches (added 0, 1, 2)."""
+    records = []
+    for rep, picks, dice in ((0, [2, 2], [0.5, 0.7, 0.8]), (1, [3, 4], [0.5, 0.6, 0.7])):
+        for it in range(3):
+            labelled = [0, 1, *picks[:it]]
+            r = _record("random", rep, it, dice[it], labelled, picks[it] if it < 2 else -1)
+            records.append({**r, "n_annotated": len(set(labelled))})
+    split = {"initial": [0, 1], "pool": [2, 3, 4], "val": [8], "test": [9]}
+    config = with_overrides(
+        Config(), {"loop.iterations": 2, "loop.repetitions": 2, "loop.pool_policy": "keep"}
+    )
+    run = Run(tmp_path, config, split, records, [])
+    assert run.annotated("random", 3).tolist() == [[2, 3, 3], [2, 3, 4]]
+    assert run.x_axis("random", 3).tolist() == [2.0, 3.0, 3.5]
+    v = compute_verdict(run, {2: 1, 3: 2, 4: 4})
+    assert v is not None
+    (s,) = v.strategies
+    # rep 0: x 0, 1, 1 -> area (0.5 + 0.7) / 2 over range 1; rep 1: (0.55 + 0.65) / 2
+    assert s.aulc.values == pytest.approx((0.6, 0.6))
+    assert s.to_baseline.values == (1.0, None)  # target 0.75: rep 0 at its 3rd point, x = 1
+    assert s.hours_budget.values == pytest.approx((1 * 3 / 60, 6 * 3 / 60))  # patch 2 once
+    assert v.budget == 2.0
+
+
+def test_verdict_table_ranks_strategies_by_aulc(tmp_path: Path) -> None:
+    """std_edt's AULC (0.656) is above random's (0.608): it is listed first, ranked 1,
+    although the run lists random first."""
+    run = _hand_made_run(tmp_path)
+    assert run.strategies == ["random", "std_edt"]
+    section = _verdict_section(Context(run, tmp_path, None, None, compute_verdict(run, None)))
+    (table,) = section.tables
+    assert table.header[:4] == ["rank", "strategy", "final test Dice", "AULC"]
+    assert [row[:2] for row in table.rows] == [["1", "std_edt"], ["2", "random"]]
+    assert table.rows[0][3] == "0.656 ± 0.019"

@@ -164,7 +164,7 @@ def _series(run: Run, metric: str) -> list[fg.Series]:
     out = []
     for name, table in _ordered(run, metric).items():
         mean, std, _ = mean_std(table)
-        out.append(fg.Series(name, run.n_labelled(table.shape[1]), mean, std))
+        out.append(fg.Series(name, run.x_axis(name, table.shape[1]), mean, std))
     return out
 
 
@@ -182,6 +182,11 @@ def _spaced(values: Sequence[T], k: int) -> list[T]:
     if len(values) <= k:
         return list(values)
     return [values[int(round(i))] for i in np.linspace(0, len(values) - 1, k)]
+
+
+def _count(v: float) -> int | float:
+    """A patch count: an int when whole (a mean over repetitions may not be)."""
+    return int(v) if float(v).is_integer() else float(v)
 
 
 def _cell(v: Any) -> Any:
@@ -202,12 +207,14 @@ def compute_verdict(
     if done == 0:
         return None
     n0 = len(run.split["initial"])
-    added = run.n_labelled(done) - n0
     strategy_curves = []
     for name, table in _ordered(run, "test_dice").items():
+        added = run.annotated(name, done)[reps] - n0  # unique annotated patches
+        if np.all(added == added[:1]):
+            added = added[0]
         counts = None
-        if axons is not None:
-            lists = [run.of(name, rep)[done - 1]["labelled"][n0:] for rep in reps]
+        if axons is not None:  # each annotated patch once, in the order first labelled
+            lists = [dict.fromkeys(run.of(name, rep)[done - 1]["labelled"][n0:]) for rep in reps]
             counts = [[axons[p] for p in ids] for ids in lists]
         strategy_curves.append(StrategyCurves(name, added, table[reps, :done], counts))
     upper = [value(r, "test_dice") for r in run.upper_bound if r["repetition"] in reps]
@@ -234,17 +241,18 @@ def _verdict_section(ctx: Context) -> Section:
     section.highlight = sentences(v)
     unique = {p.name: p.unique for p in _picks(ctx.run)}
     rows = []
-    for s in v.strategies:
+    for rank, s in enumerate(sorted(v.strategies, key=lambda s: -s.aulc.mean), start=1):
         cells = [
             getattr(s, f).text(1 if "to_" in f or "hours" in f else 3, short=True)
             for f, _ in _VERDICT_FIELDS
         ]
         p = s.versus_baseline
         vs = "—" if p is None else f"{p.mean:+.3f} ± {p.std:.3f} (p = {p.p:.2g})"
-        rows.append([s.name, *cells[:2], vs, *cells[2:], str(unique.get(s.name, 0))])
-    header = ["strategy", "final test Dice", "AULC", "AULC − random (paired)"]
+        rows.append([str(rank), s.name, *cells[:2], vs, *cells[2:], str(unique.get(s.name, 0))])
+    header = ["rank", "strategy", "final test Dice", "AULC", "AULC − random (paired)"]
     header += [label for _, label in _VERDICT_FIELDS[2:]] + ["unique picks"]
     caption = (
+        f"ranked by AULC (mean over repetitions, best first); "
         f"mean ± std over {v.repetitions} repetitions; patches = added patches; hours = "
         "estimated annotation hours of those patches; (k/n) = reached in k of n repetitions"
     )
@@ -354,9 +362,9 @@ def _curve_rows(run: Run, metric: str) -> list[list[Any]]:
     rows: list[list[Any]] = []
     for name, table in _ordered(run, metric).items():
         mean, std, n = mean_std(table)
-        x = run.n_labelled(table.shape[1])
+        x = run.x_axis(name, table.shape[1])
         rows += [
-            [name, metric, int(x[i]), int(x[i] - n0), mean[i], std[i], int(n[i])]
+            [name, metric, _count(x[i]), _count(x[i] - n0), mean[i], std[i], int(n[i])]
             for i in range(len(x))
         ]
     for lv in _upper_levels(run, metric):

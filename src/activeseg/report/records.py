@@ -75,6 +75,29 @@ class Run:
         """Labelled patches at iterations ``0 .. iterations - 1``, int64 ``[iterations]``."""
         return len(self.split["initial"]) + self.config.loop.query_size * np.arange(iterations)
 
+    def annotated(self, strategy: str, iterations: int) -> np.ndarray:
+        """Unique annotated patches (initial set included) of ``strategy`` at iterations
+        ``0 .. iterations - 1`` per repetition, float64 ``[R, iterations]``: the records'
+        ``n_annotated`` (``n_labelled`` in records without it; both equal unless
+        ``loop.pool_policy = keep``), NaN where not run."""
+        own = self.of(strategy)
+        reps = max((r["repetition"] for r in own), default=-1) + 1
+        table = np.full((reps, iterations), np.nan)
+        for r in own:
+            if r["iteration"] < iterations:
+                n = r.get("n_annotated", r["n_labelled"])
+                table[r["repetition"], r["iteration"]] = n
+        return table
+
+    def x_axis(self, strategy: str, iterations: int) -> np.ndarray:
+        """The report's x-axis ``[iterations]`` for ``strategy``: unique annotated patches,
+        mean over repetitions (the configured schedule where nothing was recorded)."""
+        table = self.annotated(strategy, iterations)
+        planned = self.n_labelled(iterations).astype(np.float64)
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(table, axis=0) if len(table) else planned
+        return np.where(np.isnan(mean), planned, mean)
+
     def common(self) -> tuple[list[int], int]:
         """Repetitions with records for every strategy, and the number of iterations every
         one of those (strategy, repetition) pairs has completed: the block the verdict

@@ -144,8 +144,10 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> Paired:
 
 @dataclass(frozen=True)
 class StrategyCurves:
-    """One strategy's test Dice ``dice`` ``[R, I]`` at ``added`` ``[I]`` patches, and the axon
-    counts of the patches it added in each repetition (in order; ``None`` if unknown)."""
+    """One strategy's test Dice ``dice`` ``[R, I]`` at ``added`` ``[I]`` (or, when the added
+    counts differ between repetitions, e.g. under ``loop.pool_policy = keep``, ``[R, I]``)
+    patches, and the axon counts of the patches it added in each repetition (in order;
+    ``None`` if unknown)."""
 
     name: str
     added: np.ndarray
@@ -188,7 +190,7 @@ def verdict(
     base = next((c for c in curves if c.name == baseline), None)
     base_target = float(base.dice[:, -1].mean()) if base is not None else None
     upper_target = UPPER_FRACTION * float(np.mean(upper_dice)) if len(upper_dice) else None
-    aulcs = {c.name: [aulc(c.added, d) for d in c.dice] for c in curves}
+    aulcs = {c.name: [aulc(x, d) for x, d in zip(_x(c), c.dice, strict=True)] for c in curves}
     out = []
     for c in curves:
         to_base = _reach(c, base_target)
@@ -205,11 +207,11 @@ def verdict(
                 to_upper=Spread(tuple(to_upper)),
                 hours_to_baseline=_spent(c, to_base, minutes_per_axon),
                 hours_to_upper=_spent(c, to_upper, minutes_per_axon),
-                hours_budget=_spent(c, [float(c.added[-1])] * len(c.dice), minutes_per_axon),
+                hours_budget=_spent(c, [float(x[-1]) for x in _x(c)], minutes_per_axon),
                 versus_baseline=paired,
             )
         )
-    budget = float(curves[0].added[-1]) if curves else 0.0
+    budget = float(np.max(curves[0].added[..., -1])) if curves else 0.0
     reps = len(curves[0].dice) if curves else 0
     return Verdict(
         out, base.name if base else None, base_target, upper_target, budget, reps, minutes_per_axon
@@ -218,7 +220,14 @@ def verdict(
 
 def _reach(c: StrategyCurves, target: float | None) -> list[float | None]:
     """Added patches to reach ``target`` in each repetition of ``c`` (none without target)."""
-    return [] if target is None else [patches_to_reach(c.added, d, target) for d in c.dice]
+    if target is None:
+        return []
+    return [patches_to_reach(x, d, target) for x, d in zip(_x(c), c.dice, strict=True)]
+
+
+def _x(c: StrategyCurves) -> np.ndarray:
+    """The added patches of every repetition of ``c``, ``[R, I]``."""
+    return np.broadcast_to(c.added, c.dice.shape)
 
 
 def _spent(c: StrategyCurves, n: Sequence[float | None], minutes_per_axon: float) -> Spread:
