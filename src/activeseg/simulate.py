@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from activeseg import loop
 from activeseg.acquisition import COMMITTEE_KINDS, EDT_MODES, get_selection, get_strategy
 from activeseg.committee import (
+    SvgdResult,
     committee_dice,
     committee_statistics,
     disagreement,
@@ -38,7 +39,7 @@ from activeseg.model import UNet
 from activeseg.rundir import MapsWriter, RunDirectory, disk_usage
 from activeseg.runtime import Runtime, derive_seed, resolve, torch_generator
 from activeseg.scoring import McStats, mc_statistics
-from activeseg.train import INITS, LOSSES, confusion_counts, fit
+from activeseg.train import INITS, LOSSES, FitResult, confusion_counts, fit
 
 
 @dataclass(frozen=True)
@@ -139,13 +140,7 @@ class UNetLearner:
         )
         if cfg.init == "warm":
             self.warm_from = copy.deepcopy(self.model.state_dict())
-        return {
-            "init": "warm" if warm else "scratch",
-            "val_dice": result.best_val_dice,
-            "best_step": result.best_step,
-            "train_steps": result.steps,
-            "final_loss": result.final_loss,
-        }
+        return {"init": "warm" if warm else "scratch", **_fit_info(result)}
 
     def trained_model(self) -> UNet:
         if self.model is None:
@@ -194,7 +189,8 @@ class CommitteeLearner(UNetLearner):
     (particles initialised like the ensemble's members, trained jointly by SVGD). Evaluation
     thresholds the committee-mean probability and also records each member's test Dice
     (``test_member_dice``) and the fraction of test pixels where the members' thresholded
-    predictions differ (``test_member_disagreement``); statistics are over the members."""
+    predictions differ (``test_member_disagreement``); statistics are over the members.
+    Committees always train from scratch (``train.init = warm`` applies to single U-Nets)."""
 
     def __init__(
         self, data: Prepared, config: Config, runtime: Runtime, progress: bool, kind: str
@@ -226,6 +222,7 @@ class CommitteeLearner(UNetLearner):
                 for m, member in enumerate(self.members)
             ]
             return {
+                "init": "scratch",
                 "val_dice": committee_dice(self.members, *self._val, self.runtime),
                 "member_val_dice": [r.best_val_dice for r in results],
                 "best_step": [r.best_step for r in results],
@@ -244,13 +241,7 @@ class CommitteeLearner(UNetLearner):
             c.svgd_repulsion,
             self.progress,
         )
-        return {
-            "val_dice": result.best_val_dice,
-            "best_step": result.best_step,
-            "train_steps": result.steps,
-            "final_loss": result.final_loss,
-            "svgd": result.history,
-        }
+        return {"init": "scratch", **_fit_info(result), "svgd": result.history}
 
     def checkpoint(self) -> dict[str, Any]:
         self.trained_model()
@@ -272,6 +263,16 @@ class CommitteeLearner(UNetLearner):
     def statistics(self, ids: np.ndarray, seed: int) -> McStats:
         self.trained_model()
         return committee_statistics(self.members, self.data.images[ids], self.runtime)
+
+
+def _fit_info(result: FitResult | SvgdResult) -> dict[str, Any]:
+    """The record fields of a training."""
+    return {
+        "val_dice": result.best_val_dice,
+        "best_step": result.best_step,
+        "train_steps": result.steps,
+        "final_loss": result.final_loss,
+    }
 
 
 def make_learner(
@@ -429,10 +430,12 @@ def simulate(
                 state = loop.resume_state(
                     data.split.initial.tolist(), data.split.pool.tolist(), records, lc.pool_policy
                 )
-                learner.start(_warm_weights(run, config, strategy.name, rep, len(records)))
-
-                sink = _MapsSink(run, strategy.name, rep, lc.save_maps)
                 active = learners[strategy.committee]
+                warm = strategy.committee is None  # committees always train from scratch
+                active.start(
+                    _warm_weights(run, config, strategy.name, rep, len(records)) if warm else None
+                )
+                sink = _MapsSink(run, strategy.name, rep, lc.save_maps)
 
                 def persist(
                     it: loop.Iteration,
