@@ -416,3 +416,14 @@ def test_committee_strategies_and_the_at_syntax() -> None:
     assert get_strategy("random@svgd").needs_mc is False
     with pytest.raises(UserError, match="unknown strategy 'bald@forest'"):
         get_strategy("bald@forest")
+
+
+@pytest.mark.parametrize("name", ["ensemble", "svgd", "entropy@ensemble", "bald@svgd"])
+def test_committee_strategies_rank_committee_statistics_like_their_score(name: str) -> None:
+    """Members play MC samples: on the hand-made statistics the committee strategies rank
+    exactly as their score does (entropy: A = B > C; BALD: A first)."""
+    stats = disagreement_vs_aleatoric()
+    rng = np.random.default_rng(0)
+    scores = get_strategy(name).score(stats, 3, rng).scores
+    base = name.split("@")[0] if "@" in name else "entropy"
+    np.testing.assert_array_equal(scores, get_strategy(base).score(stats, 3, rng).scores)
