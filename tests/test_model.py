@@ -14,6 +14,7 @@ from activeseg.model import (
     MCDropout,
     UNet,
     dropout_modules,
+    fast_keep_mask,
     mc_dropout,
     probabilities,
     seeded_dropout,
@@ -193,3 +194,51 @@ def test_training_mode_dropout_is_seeded_by_seeded_dropout() -> None:
             third = model(x)
     assert torch.equal(first, second)
     assert not torch.equal(first, third)
+
+
+# ------------------------------------------------------------------ MC inference parts
+
+
+@pytest.mark.parametrize("keep", [0.8, 0.5, 0.95])
+def test_fast_masks_keep_at_the_requested_rate_and_scale_inverted(keep: float) -> None:
+    x = torch.ones(20, 8, 32, 32)  # 163,840 draws: the rate's std is about 0.001
+    mask = fast_keep_mask(x, keep, torch_generator(0))
+    values = mask.unique().tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / keep)
+    assert float((mask > 0).float().mean()) == pytest.approx(keep, abs=0.005)
+    assert float(mask.mean()) == pytest.approx(1.0, abs=0.007)
+
+
+def test_fast_masks_are_independent_of_the_memory_layout_and_seeded() -> None:
+    x = torch.randn(3, 4, 8, 8)
+    plain = fast_keep_mask(x, 0.8, torch_generator(1))
+    last = fast_keep_mask(x.contiguous(memory_format=torch.channels_last), 0.8, torch_generator(1))
+    assert last.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(plain, last)
+    assert not torch.equal(plain, fast_keep_mask(x, 0.8, torch_generator(2)))
+    cells = fast_keep_mask(torch.ones(4000, 4), 0.8, torch_generator(3)) > 0
+    assert abs(float(cells[:, 3].float().mean()) - 0.8) < 0.03  # every 16-bit field is uniform
+
+
+def test_cached_mc_passes_equal_full_mc_passes_with_the_same_masks() -> None:
+    """stem_cache + forward_cached (first level, its pool and the top skip half computed
+    once) give the logits of full forward passes of the repeated image."""
+    model = warmed_up().eval()
+    x = batch(3, n=1)
+    with torch.no_grad(), mc_dropout(model, torch_generator(5)):
+        full = model(x.expand(4, -1, -1, -1))
+    with torch.no_grad(), mc_dropout(model, torch_generator(5)):
+        cached = model.forward_cached(model.stem_cache(x), 4, torch.contiguous_format)
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(full[0], full[1])  # the passes differ: masks were applied
+
+
+def test_the_top_block_tail_and_output_layer_run_in_fp32_under_autocast() -> None:
+    model = warmed_up().eval()
+    seen: dict[str, torch.dtype] = {}
+    model.head.register_forward_hook(lambda m, i, o: seen.update(head=o.dtype))
+    model.dec[-1][2].register_forward_hook(lambda m, i, o: seen.update(tail=o.dtype))
+    model.down[0][2][0].register_forward_hook(lambda m, i, o: seen.update(inner=o.dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(batch())
+    assert seen == {"inner": torch.bfloat16, "tail": torch.float32, "head": torch.float32}

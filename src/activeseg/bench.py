@@ -44,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from activeseg.config import TrainConfig, preset, with_overrides
 from activeseg.data.patches import tile
 from activeseg.data.phantom import make_phantom
-from activeseg.model import MCDropout, UNet, mc_dropout, probabilities, seeded_dropout
+from activeseg.model import MCDropout, UNet, probabilities, seeded_dropout
 from activeseg.rundir import atomic_write_text, read_records
 from activeseg.runtime import Runtime, resolve, torch_generator
 from activeseg.scoring import mc_statistics
@@ -66,7 +66,7 @@ class Sizes:
     sem_overrides: dict[str, Any]
 
 
-FULL = Sizes(50, 16, 128, 10, 2, True, 20, 8, 2048, {})
+FULL = Sizes(50, 16, 128, 5, 2, True, 20, 8, 2048, {})
 QUICK_SEM = {"data.patch_size": 32, "train.epochs": 1, "scoring.mc_samples": 2, "data.n_pool": 4}
 QUICK = Sizes(4, 2, 32, 2, 1, False, 2, 2, 256, QUICK_SEM)
 
@@ -158,12 +158,18 @@ Stats = tuple[torch.Tensor, torch.Tensor]  # mean, std [N, 1, H, W]
 
 
 def naive_mc(model: UNet, images: torch.Tensor, samples: int, seed: int) -> Stats:
-    """One fp32 NCHW forward per sample and patch; all outputs kept, then mean and std."""
-    model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    """The plain way: ``nn.Dropout`` switched on (BatchNorm frozen), global RNG seeded with
+    ``seed``, one fp32 NCHW forward per sample and patch, all outputs kept, then mean and
+    (population) std."""
+    net = torch_dropout_copy(model).eval()
+    for m in net.modules():
+        if isinstance(m, nn.Dropout):
+            m.train()
     means, stds = [], []
-    with torch.no_grad(), mc_dropout(model, torch_generator(seed)):
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
         for image in images:
-            out = torch.stack([probabilities(model(image[None]))[0] for _ in range(samples)])
+            out = torch.stack([probabilities(net(image[None]))[0] for _ in range(samples)])
             means.append(out.mean(0))
             stds.append(out.std(0, correction=0))
     return torch.stack(means), torch.stack(stds)

@@ -106,7 +106,7 @@ class ScoringConfig:
     """
 
     mc_samples: int = 50
-    mc_batch: int = 10
+    mc_batch: int = 5  # measured here: 5 beat 10, 25 and 50 (cache)
     threshold: float = 0.5
     edt: str = "border"
     test_uncertainty: bool = True

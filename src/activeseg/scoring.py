@@ -1,8 +1,10 @@
 """Monte-Carlo dropout statistics of a pool of patches, streamed over the samples.
 
 For each patch, ``T`` stochastic passes run with dropout on and BatchNorm frozen
-(:func:`activeseg.model.mc_dropout`). The first level of the U-Net holds no dropout, so it is
-computed once per patch and reused for all samples. Samples run ``mc_batch`` at a time and
+(:func:`activeseg.model.mc_dropout`). What does not depend on the dropout masks (the first
+level, its max-pool and the skip half of the top decoder convolution,
+:meth:`activeseg.model.UNet.stem_cache`) is computed once per patch and reused for all
+samples. Samples run ``mc_batch`` at a time and
 only a running sum and sum of squares (float64) are kept, so memory does not grow with ``T``.
 
 Every patch draws its dropout masks from its own generator seeded by ``(seed, patch id)``:
@@ -139,12 +141,11 @@ def _accumulate(
     """The :class:`Moments` ``[1, C, *S]`` of ``samples`` MC probability maps of ``image``."""
     x = runtime.tensor(image[None])
     with runtime.autocast():
-        stem = model.stem(x)
+        cache = model.stem_cache(x)
     moments = Moments()
     for start in range(0, samples, batch):
         n = min(batch, samples - start)
-        expanded = stem.expand(n, *stem.shape[1:]).contiguous(memory_format=runtime.memory_format)
         with runtime.autocast():
-            logits = model.forward_from_stem(expanded)
+            logits = model.forward_cached(cache, n, runtime.memory_format)
         moments.add(probabilities(logits.float())[:, None])
     return moments
