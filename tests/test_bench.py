@@ -43,7 +43,10 @@ def test_quick_bench_prints_a_table_and_writes_every_required_key(
     assert rows["naive fp32 loop"]["std_sum_correlation_with_naive"] == pytest.approx(1.0)
     assert all(-1 <= r["std_sum_correlation_with_naive"] <= 1 for r in rows.values())
     table = capsys.readouterr().out
-    assert "| MC, cpu net | activeseg fp32 |" in table and "train_speedup_vs_fp32_nchw" in table
+    assert (
+        "| MC, cpu net, 2 patches | activeseg fp32 |" in table
+        and "train_speedup_vs_fp32_nchw" in table
+    )
 
 
 def test_baal_is_fed_the_same_network_with_torch_dropout() -> None:

@@ -60,16 +60,16 @@ class Sizes:
     patch: int  # pixels
     mc_batch: int  # activeseg MC samples per forward
     baal_batch: int  # patches per baal default call (replicated T times)
-    paper_net: bool  # also benchmark the paper network
+    paper_pool: int  # patches scored with the paper network (0: not measured)
     train_steps: int
     train_batch: int
     matmul: int  # matrix side of the peak measurement
     sem_overrides: dict[str, Any]
 
 
-FULL = Sizes(50, 16, 128, 5, 2, True, 20, 8, 2048, {})
+FULL = Sizes(50, 16, 128, 5, 2, 4, 20, 8, 2048, {})
 QUICK_SEM = {"data.patch_size": 32, "train.epochs": 1, "scoring.mc_samples": 2, "data.n_pool": 4}
-QUICK = Sizes(4, 2, 32, 2, 1, False, 2, 2, 256, QUICK_SEM)
+QUICK = Sizes(4, 2, 32, 2, 1, 0, 2, 2, 256, QUICK_SEM)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -221,12 +221,13 @@ def bench_mc(
     sizes: Sizes,
     peaks: dict[str, float],
     log: Callable[[str], None],
+    pool: int,
     bf16: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """One row per method: seconds, patches/s, peak MB, GFLOP/s, fractions of the peaks,
-    correlation of per-patch std sums with the naive loop's; ``bf16``: also activeseg with
-    bf16 autocast."""
-    images = pool_images(sizes.pool, sizes.patch)
+    """One row per method for ``pool`` patches: seconds, patches/s, peak MB, GFLOP/s,
+    fractions of the peaks, correlation of per-patch std sums with the naive loop's;
+    ``bf16``: also activeseg with bf16 autocast."""
+    images = pool_images(pool, sizes.patch)
     t = sizes.samples
     methods: dict[str, Callable[[torch.Tensor], Stats]] = {
         "naive fp32 loop": lambda x: naive_mc(model, x, t, 1),
@@ -253,6 +254,7 @@ def bench_mc(
         corr = float(torch.corrcoef(torch.stack([score, reference]))[0, 1])
         gflops = flops / seconds / 1e9
         rows[method] = {
+            "patches": len(images),
             "seconds": seconds,
             "patches_per_s": len(images) / seconds,
             "peak_mb": peak,
@@ -417,12 +419,20 @@ def run(
     log(f"  matmul peak: fp32 {peaks['fp32']:.1f}, bf16 {peaks['bf16']:.1f} GFLOP/s")
     cpu = preset("cpu").model
     nets = {"cpu": make_net(cpu.depth, cpu.base_filters)}
-    if sizes.paper_net:
+    if sizes.paper_pool:
         paper = preset("paper-sbem").model
         nets["paper"] = make_net(paper.depth, paper.base_filters)
     native = resolve("cpu", "auto").bf16
     mc = {  # emulated bf16 is slow: measured on the cpu network only
-        name: bench_mc(name, net, sizes, peaks, log, bf16=native or name == "cpu")
+        name: bench_mc(
+            name,
+            net,
+            sizes,
+            peaks,
+            log,
+            sizes.pool if name == "cpu" else sizes.paper_pool,
+            bf16=native or name == "cpu",
+        )
         for name, net in nets.items()
     }
     memory = mc_memory_vs_samples(nets["cpu"], sizes)
@@ -477,7 +487,7 @@ def table(result: dict[str, Any]) -> str:
     for net, rows in result["mc"].items():
         for method, r in rows.items():
             lines.append(
-                f"| MC, {net} net | {method} | {r['seconds']:.2f} | {r['patches_per_s']:.2f} "
+                f"| MC, {net} net, {r['patches']} patches | {method} | {r['seconds']:.2f} | {r['patches_per_s']:.2f} "
                 f"| {r['peak_mb']:.0f} | {r['gflop_per_s']:.1f} "
                 f"| {100 * r['fraction_of_fp32_peak']:.0f} "
                 f"| {100 * r['fraction_of_bf16_peak']:.0f} "
