@@ -487,7 +487,8 @@ def table(result: dict[str, Any]) -> str:
     for net, rows in result["mc"].items():
         for method, r in rows.items():
             lines.append(
-                f"| MC, {net} net, {r['patches']} patches | {method} | {r['seconds']:.2f} | {r['patches_per_s']:.2f} "
+                f"| MC, {net} net, {r['patches']} patches | {method} | {r['seconds']:.2f} "
+                f"| {r['patches_per_s']:.2f} "
                 f"| {r['peak_mb']:.0f} | {r['gflop_per_s']:.1f} "
                 f"| {100 * r['fraction_of_fp32_peak']:.0f} "
                 f"| {100 * r['fraction_of_bf16_peak']:.0f} "
