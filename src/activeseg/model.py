@@ -24,6 +24,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -150,16 +151,16 @@ class UNet(nn.Module):
         skips.pop()
         for up, dec in zip(self.up[:-1], self.dec[:-1], strict=True):
             x = dec(torch.cat([up(x), skips.pop()], dim=1))
-        x = self.dec[-1][:2](torch.cat([self.up[-1](x), s0], dim=1))
+        x = self._top_block[:2](torch.cat([self.up[-1](x), s0], dim=1))
         return self._top_tail(x)
 
     def stem_cache(self, x: torch.Tensor) -> StemCache:
         """The mask-independent parts of MC inference for images ``x`` ``[B, 1, H, W]``."""
         s0 = self.stem(x)
-        top = self.dec[-1][0]
+        top = cast(nn.Conv2d, self._top_block[0])
         half = top.in_channels // 2
         skip = top._conv_forward(s0, top.weight[:, half:].contiguous(), None)
-        return StemCache(self.down[0][0](s0), skip)
+        return StemCache(cast(nn.Sequential, self.down[0])[0](s0), skip)
 
     def forward_cached(
         self, cache: StemCache, samples: int, memory_format: torch.memory_format
@@ -169,7 +170,7 @@ class UNet(nn.Module):
         depends on the dropout masks."""
         pooled = cache.pooled
         x = pooled.expand(samples, *pooled.shape).flatten(0, 1)
-        x = self.down[0][1:](x.contiguous(memory_format=memory_format))
+        x = cast(nn.Sequential, self.down[0])[1:](x.contiguous(memory_format=memory_format))
         skips = [x]
         for down in self.down[1:]:
             x = down(x)
@@ -177,17 +178,22 @@ class UNet(nn.Module):
         skips.pop()
         for up, dec in zip(self.up[:-1], self.dec[:-1], strict=True):
             x = dec(torch.cat([up(x), skips.pop()], dim=1))
-        top = self.dec[-1][0]
+        top = cast(nn.Conv2d, self._top_block[0])
         half = top.in_channels // 2
         x = top._conv_forward(self.up[-1](x), top.weight[:, :half].contiguous(), top.bias)
         x = x.unflatten(0, (samples, -1)).add_(cache.top_skip).flatten(0, 1)
-        return self._top_tail(self.dec[-1][1](x))
+        return self._top_tail(self._top_block[1](x))
 
     def _top_tail(self, x: torch.Tensor) -> torch.Tensor:
         """The top decoder block's last convolution, ReLU and BatchNorm and the output layer,
         in fp32 even under autocast."""
         with torch.autocast(x.device.type, enabled=False):
-            return self.head(self.dec[-1][2:](x.float()))
+            return self.head(self._top_block[2:](x.float()))
+
+    @property
+    def _top_block(self) -> nn.Sequential:
+        """The top decoder block: conv (input: upsampled + skip), ReLU, conv, ReLU, BN."""
+        return cast(nn.Sequential, self.dec[-1])
 
     @property
     def divisor(self) -> int:
