@@ -143,7 +143,9 @@ def _accumulate(
     moments = Moments()
     for start in range(0, samples, batch):
         n = min(batch, samples - start)
-        expanded = stem.expand(n, *stem.shape[1:]).contiguous(memory_format=runtime.memory_format)
+        expanded = stem.expand(n, *stem.shape[1:]).contiguous(
+            memory_format=runtime.memory_format_for(stem.ndim)
+        )
         with runtime.autocast():
             logits = model.forward_from_stem(expanded)
         moments.add(probabilities(logits.float())[:, None])

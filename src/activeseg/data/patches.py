@@ -77,16 +77,17 @@ def resample(sample: Sample, pixel_size: float | None) -> Sample:
 
 @dataclass(frozen=True, eq=False)
 class PatchSet:
-    """Square patches cut from source images.
+    """Square patches cut from source images (or cubes from volumes).
 
     Attributes:
-        images: float32 ``[N, 1, P, P]``.
-        masks: uint8 ``[N, 1, P, P]``, 1 = foreground.
+        images: float32 ``[N, 1, P, P]`` (volumes: ``[N, 1, P, P, P]``).
+        masks: uint8, the shape of ``images``; 1 = foreground (volumes: class labels).
         source: int64 ``[N]``, index into ``names`` of the patch's source image.
         origin: int64 ``[N, 2]``, (row, col) in pixels of the patch's top-left corner in the
-            (resampled) source image.
+            (resampled) source image (volumes: ``[N, 3]`` voxels).
         names: names of the source images (a source may have no patch).
-        pixel_size: µm per pixel shared by all sources, or ``None`` if unknown or mixed.
+        pixel_size: µm per pixel shared by all sources, or ``None`` if unknown or mixed
+            (volumes: the isotropic voxel size in mm).
     """
 
     images: np.ndarray
@@ -99,11 +100,11 @@ class PatchSet:
     def __post_init__(self) -> None:
         n = len(self.images)
         if (
-            self.images.ndim != 4
+            self.images.ndim not in (4, 5)
             or self.images.shape[1] != 1
             or self.masks.shape != self.images.shape
             or self.source.shape != (n,)
-            or self.origin.shape != (n, 2)
+            or self.origin.shape != (n, self.images.ndim - 2)
         ):
             raise ValueError(
                 f"inconsistent PatchSet shapes: images {self.images.shape}, masks "
