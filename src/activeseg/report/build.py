@@ -340,6 +340,13 @@ def _curves_section(ctx: Context) -> Section:
         rows += _curve_rows(run, metric)
     if any(r.get("test_ece") is not None for r in run.records):
         rows += [row for metric in QUALITY_METRICS for row in _curve_rows(run, metric)]
+    for metric in sorted(k for k in run.records[0] if k.startswith("test_dice_class")):
+        label = metric.removeprefix("test_").replace("_", " ")  # "dice class1"
+        title = f"Test {label} vs labelled patches (mean ± std over {reps} repetitions)"
+        levels = _upper_levels(run, metric)
+        fig = fg.curve_figure(_series(run, metric), f"test {label}", title, levels)
+        section.figures.append(ctx.figure(fig, f"learning_{metric[5:]}", title, half=True))
+        rows += _curve_rows(run, metric)
     ctx.csv(
         "learning_curves.csv",
         ["strategy", "metric", "n_labelled", "added", "mean", "std", "n_repetitions"],
