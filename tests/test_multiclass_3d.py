@@ -208,16 +208,21 @@ def test_a_3d_multiclass_simulation_records_per_class_metrics(tmp_path: Path) ->
             "train.epochs": 4,
             "train.validate_every": 2,
             "scoring.mc_samples": 2,
-            "loop.strategies": "random,std_mean",
+            "loop.strategies": "jsd,max_cover",
+            "scoring.cover_candidates": 3,
             "loop.repetitions": 1,
             "loop.iterations": 2,
         },
     )
     simulate(config, tmp_path / "run", progress=False, log=lambda s: None)
-    lines = (tmp_path / "run" / "records-std_mean-rep0.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    assert [r["n_labelled"] for r in records] == [2, 3, 4]
-    for r in records:
-        assert r["test_dice"] == pytest.approx((r["test_dice_class1"] + r["test_dice_class2"]) / 2)
-        assert len(r["test_dice_per_patch"]) == 3
-    assert np.isfinite(records[0]["selected_scores"]).all()
+    for name in ("jsd", "max_cover"):
+        lines = (tmp_path / "run" / f"records-{name}-rep0.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines]
+        assert [r["n_labelled"] for r in records] == [2, 3, 4]
+        for r in records:
+            mean = (r["test_dice_class1"] + r["test_dice_class2"]) / 2
+            assert r["test_dice"] == pytest.approx(mean)
+            assert len(r["test_dice_per_patch"]) == 3
+        assert np.isfinite(records[0]["selected_scores"]).all()
+    # max_cover ranks its 3 candidates 3, 2, 1: the first greedy choice scores 3
+    assert [r["selected_scores"] for r in records[:2]] == [[3.0], [3.0]]

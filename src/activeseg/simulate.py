@@ -188,6 +188,18 @@ class UNetLearner:
             self.progress,
         )
 
+    def features(self, ids: np.ndarray, batch: int = 16) -> np.ndarray:
+        """Bottleneck descriptors ``[k, F]`` (float64) of patches ``ids``, evaluation mode."""
+        model = self.trained_model()
+        self.runtime.place(model)
+        model.eval()
+        parts = []
+        for start in range(0, len(ids), batch):
+            x = self.runtime.tensor(self.data.images[ids[start : start + batch]])
+            with self.runtime.autocast():
+                parts.append(model.features(x).double().cpu())
+        return torch.cat(parts).numpy() if parts else np.empty((0, 0))
+
 
 @dataclass(frozen=True)
 class SimulatedOracle:
@@ -203,7 +215,7 @@ def validate(config: Config) -> None:
     """Reject inconsistent settings before any work starts."""
     loop_cfg, m, s = config.loop, config.model, config.scoring
     for name in loop_cfg.strategies:
-        get_strategy(name, s.edt, s.threshold)
+        get_strategy(name, s.edt, s.threshold, s.cover_candidates)
     get_selection(loop_cfg.selection, loop_cfg.stochastic_groups)
     if len(set(loop_cfg.strategies)) != len(loop_cfg.strategies) or not loop_cfg.strategies:
         raise UserError(f"loop.strategies must be distinct and non-empty: {loop_cfg.strategies}")
@@ -318,9 +330,12 @@ def _volume_checks(config: Config) -> list[tuple[bool, str]]:
             f"data.clip must be (low, high) with low < high, got {d.clip}",
         ),
         (
-            config.scoring.cover_candidates >= 1,
-            "scoring.cover_candidates must be >= 1",
+            config.scoring.cover_candidates >= config.loop.query_size
+            or "max_cover" not in config.loop.strategies,
+            f"scoring.cover_candidates ({config.scoring.cover_candidates}) must be >= "
+            f"loop.query_size ({config.loop.query_size}) for max_cover",
         ),
+        (config.scoring.cover_candidates >= 1, "scoring.cover_candidates must be >= 1"),
     ]
 
 
@@ -335,7 +350,9 @@ def simulate(
     validate(config)
     runtime = resolve(config.train.device, config.train.precision)
     strategies = [
-        get_strategy(n, config.scoring.edt, config.scoring.threshold)
+        get_strategy(
+            n, config.scoring.edt, config.scoring.threshold, config.scoring.cover_candidates
+        )
         for n in config.loop.strategies
     ]
     lc = config.loop
