@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_3D
 from torch import nn
 
 from activeseg.config import preset, with_overrides
@@ -197,13 +198,7 @@ def test_a_3d_multiclass_simulation_records_per_class_metrics(tmp_path: Path) ->
     config = with_overrides(
         preset("cpu-3d"),
         {
-            "data.source": "synthetic",
-            "data.spacing": None,
-            "data.patch_size": 16,
-            "data.n_initial": 2,
-            "data.n_pool": 6,
-            "data.n_val": 2,
-            "data.n_test": 3,
+            **TINY_3D,
             "model.base_filters": 4,
             "train.epochs": 4,
             "train.validate_every": 2,
@@ -211,7 +206,6 @@ def test_a_3d_multiclass_simulation_records_per_class_metrics(tmp_path: Path) ->
             "loop.strategies": "jsd,max_cover",
             "scoring.cover_candidates": 3,
             "loop.repetitions": 1,
-            "loop.iterations": 2,
         },
     )
     simulate(config, tmp_path / "run", progress=False, log=lambda s: None)

@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import TINY_3D
 
 from activeseg.config import preset, with_overrides
 from activeseg.data.volume_phantom import make_volume_phantom
@@ -195,19 +196,7 @@ def test_volume_phantom_is_seeded_and_has_every_class() -> None:
 
 
 def test_prepare_splits_volumes_by_source_and_normalises_on_training_volumes() -> None:
-    config = with_overrides(
-        preset("cpu-3d"),
-        {
-            "data.source": "synthetic",
-            "data.spacing": None,
-            "data.patch_size": 16,
-            "data.n_initial": 2,
-            "data.n_pool": 6,
-            "data.n_val": 2,
-            "data.n_test": 3,
-            "loop.iterations": 2,
-        },
-    )
+    config = with_overrides(preset("cpu-3d"), TINY_3D)
     validate(config)
     data = prepare(config.data)
     assert data.images.shape == (16, 1, 16, 16, 16)

@@ -417,11 +417,17 @@ def _map_panels(ctx: Context, name: str) -> tuple[int, list[fg.MapPanel]] | None
             mean, std, ranking = (z[k][j].astype(np.float32) for k in ("mean", "std", "map"))
             score = float(z["scores"][j])
         p = ctx.patches
-        image = None if p is None else p.images[patch, 0]
-        truth = None if p is None else p.masks[patch, 0]
+        image = None if p is None else _plane(p.images[patch, 0])
+        truth = None if p is None else _plane(p.masks[patch, 0])
         it, n = record["iteration"], record["n_labelled"]
+        mean, std, ranking = _plane(mean), _plane(std), _plane(ranking)
         panels.append(fg.MapPanel(it, n, patch, score, image, truth, mean, std, ranking))
     return (rep, panels) if panels else None
+
+
+def _plane(array: np.ndarray) -> np.ndarray:
+    """A 2D map as is; of a volume ``[X, Y, Z]`` the middle plane along the first axis."""
+    return array[array.shape[0] // 2] if array.ndim == 3 else array
 
 
 def _map_file(ctx: Context, name: str, rep: int, record: dict[str, Any]) -> Path | None:
