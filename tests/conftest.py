@@ -21,6 +21,19 @@ from activeseg.train import FitResult, fit
 
 PATCH = 32  # tiny-phantom patch side, pixels
 
+TINY_3D: dict[str, object] = {
+    "data.source": "synthetic",
+    "data.spacing": None,
+    "data.patch_size": 16,
+    "data.n_initial": 2,
+    "data.n_pool": 6,
+    "data.n_val": 2,
+    "data.n_test": 3,
+    "loop.iterations": 2,
+}
+"""Overrides of the ``cpu-3d`` preset for the 16-volume 3D phantom: 16^3 samples, split
+2 / 6 / 2 / 3, 2 iterations."""
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread() -> Iterator[None]:

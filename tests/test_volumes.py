@@ -10,7 +10,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import TINY_3D
 
+from activeseg.config import preset, with_overrides
 from activeseg.data.volume_phantom import make_volume_phantom
 from activeseg.data.volumes import (
     Volume,
@@ -25,6 +27,7 @@ from activeseg.data.volumes import (
     volume_patches,
 )
 from activeseg.errors import UserError
+from activeseg.simulate import prepare, validate
 
 MSD_HIPPOCAMPUS = Path(__file__).resolve().parents[1].parent / "shared/data/msd_hippocampus"
 if not MSD_HIPPOCAMPUS.is_dir():
@@ -190,6 +193,16 @@ def test_volume_phantom_is_seeded_and_has_every_class() -> None:
     a, b = make_volume_phantom(2, seed=3), make_volume_phantom(2, seed=3)
     np.testing.assert_array_equal(a[1].image, b[1].image)
     assert all(set(np.unique(v.mask)) == {0, 1, 2} for v in a)
+
+
+def test_prepare_splits_volumes_by_source_and_normalises_on_training_volumes() -> None:
+    config = with_overrides(preset("cpu-3d"), TINY_3D)
+    validate(config)
+    data = prepare(config.data)
+    assert data.images.shape == (16, 1, 16, 16, 16)
+    assert len(data.split.pool) == 6 and len(data.split.test) == 3
+    train = data.images[data.split.train].double()
+    assert abs(float(train.mean())) < 1e-4 and float(train.std()) == pytest.approx(1, abs=1e-3)
 
 
 def test_prepare_volume_windows_then_resamples() -> None:

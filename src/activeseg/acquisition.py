@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from activeseg.cover import cover_ranking
 from activeseg.errors import UserError
 from activeseg.scoring import McStats, entropy
 from activeseg.similarity import min_max, mutual_information, quantise
@@ -69,12 +70,15 @@ class PoolScores:
     """One scoring pass over the pool, for :meth:`Strategy.finalize`: pool ``ids`` ``[N]``,
     their per-chunk ``scores`` ``[N]`` (float64, in the order of ``ids``), the ``labelled``
     ids ``[L]`` (the training set) and ``images`` ``[P, 1, *S]`` of every patch indexed by id
-    (normalised; ``None`` when the caller has none)."""
+    (normalised; ``None`` when the caller has none); ``features`` ``[N, F]``: the learner's
+    descriptors of the pool patches, given to strategies whose optional attribute
+    ``needs_features`` is true (else ``None``)."""
 
     ids: np.ndarray
     scores: np.ndarray
     labelled: np.ndarray
     images: torch.Tensor | None = None
+    features: np.ndarray | None = None  # [N, F] descriptors of ``ids``, if needs_features
 
 
 class Strategy(Protocol):
@@ -220,6 +224,34 @@ class NathStrategy:
         return min_max(pool.scores) - self.weight * min_max(mi)
 
 
+@dataclass(frozen=True)
+class MaxCoverStrategy:
+    """Yang et al. 2017 ("Suggestive annotation"): the ``candidates`` most uncertain pool
+    patches (``uncertainty``, a per-patch map strategy; default the mean MC std, their
+    bootstrap variance's counterpart), then greedy maximum cover of the whole pool by cosine
+    similarity of the U-Net bottleneck descriptors (:func:`activeseg.cover.cover_ranking`).
+
+    Per chunk it scores like ``uncertainty``; :meth:`finalize` turns the pass into ranking
+    scores ``K .. 1`` for the candidates in the cover's greedy order and 0 for the rest, so
+    the top k are the cover's first k choices (k <= K).
+    """
+
+    name: str = "max_cover"
+    candidates: int = 16
+    uncertainty: MapStrategy = MapStrategy("std_mean", reduction="mean")
+    needs_mc: bool = True
+    needs_features: bool = True
+    committee: str | None = None
+
+    def score(self, stats: McStats | None, n: int, rng: np.random.Generator) -> Scores:
+        return self.uncertainty.score(stats, n, rng)
+
+    def finalize(self, pool: PoolScores) -> np.ndarray:
+        if pool.features is None:
+            raise ValueError(f"strategy {self.name} needs the pool's features")
+        return cover_ranking(pool.scores, pool.features, self.candidates)
+
+
 def foreground(mean: torch.Tensor, threshold: float) -> torch.Tensor:
     """Predicted foreground ``[N, *S]`` (bool) of mean probabilities ``[N, C, *S]``: channel 0
     above ``threshold`` for a sigmoid output, any class but 0 (background) by arg-max for a
@@ -308,9 +340,12 @@ def get_selection(
     raise UserError(f"loop.selection: {name!r} is not one of {', '.join(SELECTIONS)}")
 
 
-def get_strategy(name: str, edt: str = "border", threshold: float = 0.5) -> Strategy:
+def get_strategy(
+    name: str, edt: str = "border", threshold: float = 0.5, cover_candidates: int = 16
+) -> Strategy:
     """The strategy registered under ``name`` (see :data:`STRATEGIES`), or
-    ``<registered>@<committee>`` for a registered strategy run on a committee."""
+    ``<registered>@<committee>`` for a registered strategy run on a committee;
+    ``cover_candidates``: the K of ``max_cover``."""
     base, sep, kind = name.partition("@")
     if base not in STRATEGIES or (sep and kind not in COMMITTEE_KINDS):
         choices = ", ".join(STRATEGIES)
@@ -319,6 +354,8 @@ def get_strategy(name: str, edt: str = "border", threshold: float = 0.5) -> Stra
             f"committee one of {', '.join(COMMITTEE_KINDS)})"
         )
     strategy = STRATEGIES[base](edt, threshold)
+    if isinstance(strategy, MaxCoverStrategy):
+        strategy = dataclasses.replace(strategy, candidates=cover_candidates)
     if sep:
         strategy = dataclasses.replace(strategy, name=name, committee=kind)  # type: ignore[type-var]
     return strategy
@@ -337,4 +374,9 @@ STRATEGIES: dict[str, Callable[[str, float], Strategy]] = {
     ),
     "svgd": lambda edt, thr: MapStrategy("svgd", "entropy", reduction="mean", committee="svgd"),
     "svgd_mi": lambda edt, thr: NathStrategy(),
+    # Kuo et al. 2018: the Jensen-Shannon divergence of the members' (here MC samples';
+    # jsd@<committee> for committee members) predictions, averaged over pixels. With equal
+    # weights JSD = H(mean) - mean H(member): BALD's map, reused.
+    "jsd": lambda edt, thr: MapStrategy("jsd", "bald", reduction="mean"),
+    "max_cover": lambda edt, thr: MaxCoverStrategy(),
 }

@@ -49,6 +49,11 @@ class Learner(Protocol):
         """MC statistics of patches ``ids``."""
         ...
 
+    def features(self, ids: np.ndarray) -> np.ndarray:
+        """Descriptors ``[k, F]`` (float64) of patches ``ids`` for strategies with
+        ``needs_features`` (e.g. the U-Net bottleneck for ``max_cover``)."""
+        ...
+
 
 class Oracle(Protocol):
     def reveal(self, ids: np.ndarray) -> np.ndarray:
@@ -136,7 +141,9 @@ def score_pool(
         on_chunk(Chunk(iteration, len(pool), ids, scores, stats))
         out[start : start + len(ids)] = scores.scores
     done = np.empty(0, dtype=np.int64) if labelled is None else labelled
-    final = np.asarray(strategy.finalize(PoolScores(pool, out, done, images)), dtype=np.float64)
+    features = learner.features(pool) if getattr(strategy, "needs_features", False) else None
+    passed = PoolScores(pool, out, done, images, features)
+    final = np.asarray(strategy.finalize(passed), dtype=np.float64)
     if final.shape != out.shape:
         raise ValueError(f"{strategy.name}.finalize returned {final.shape}, not {out.shape}")
     return final

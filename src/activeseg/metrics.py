@@ -109,6 +109,33 @@ def summarize(counts: torch.Tensor) -> dict[str, float]:
     return out
 
 
+def summarize_classes(counts: torch.Tensor) -> dict[str, float]:
+    """Set-level summary of per-item, per-class ``counts`` ``[N, K, 4]`` (K foreground
+    classes, the background excluded).
+
+    K = 1 (binary) is exactly :func:`summarize` of ``counts[:, 0]``. For K > 1, each metric
+    ``m`` is the mean over classes of the class's pooled metric, ``m_per_patch_mean`` the mean
+    over items and classes, and ``m_class<k>`` the pooled metric of class ``k`` (1 .. K).
+    """
+    if counts.ndim != 3 or counts.shape[0] == 0 or counts.shape[1] == 0:
+        raise ValueError(f"counts must have shape [N >= 1, K >= 1, 4], got {tuple(counts.shape)}")
+    if counts.shape[1] == 1:
+        return summarize(counts[:, 0])
+    pooled = metrics_from_confusion(counts.to(torch.float64).sum(dim=0))
+    per_item = metrics_from_confusion(counts)
+    out: dict[str, float] = {}
+    for name in METRIC_NAMES:
+        out[name] = float(pooled[name].mean())
+        out[f"{name}_per_patch_mean"] = float(per_item[name].mean())
+        out.update({f"{name}_class{k + 1}": float(v) for k, v in enumerate(pooled[name])})
+    return out
+
+
+def per_item_dice(counts: torch.Tensor) -> list[float]:
+    """Dice of each item from ``counts`` ``[N, K, 4]``, averaged over the K classes."""
+    return metrics_from_confusion(counts)["dice"].mean(dim=1).tolist()
+
+
 def auroc(scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float | None:
     """Area under the ROC curve of ``scores`` (any shape) for detecting ``labels`` (bool, same
     shape): the probability that a random positive scores above a random negative, ties

@@ -1,10 +1,12 @@
-"""The paper's U-Net with a Monte-Carlo dropout switch.
+"""The paper's U-Net with a Monte-Carlo dropout switch, in 2D or 3D.
 
 Architecture (Lubrano di Scandalea et al.): ``depth`` levels with ``base_filters * 2**i``
 filters (paper: 5 levels, 32 -> 512). Each level is two 3x3 convolutions with ReLU followed by
 BatchNorm; every 2x2 max-pool is followed by dropout; the decoder upsamples with a 2x2
 transposed convolution, concatenates the skip connection and applies the same block; a 1x1
-convolution gives logits (``sigmoid`` for one channel, ``softmax`` for several).
+convolution gives logits (``sigmoid`` for one channel, ``softmax`` for several). With
+``spatial_dims=3`` every layer is its 3D counterpart (3x3x3 convolutions, 2x2x2 pooling): the
+same class, the layer types chosen once (:data:`LAYERS`).
 
 Dropout is :class:`MCDropout`: active in training mode, and in evaluation mode only inside
 :func:`mc_dropout`, which keeps BatchNorm on its running statistics (running MC passes in
@@ -92,20 +94,37 @@ class PointwiseConv(nn.Conv2d):
         return F.linear(x.movedim(1, -1), weight, self.bias).movedim(-1, 1)
 
 
-def _block(in_ch: int, out_ch: int) -> nn.Sequential:
-    """Two 3x3 conv + ReLU, then BatchNorm (the paper's order)."""
+@dataclass(frozen=True)
+class Layers:
+    """The layer types of one spatial dimensionality."""
+
+    conv: type[nn.Module]
+    conv_transpose: type[nn.Module]
+    max_pool: type[nn.Module]
+    batch_norm: type[nn.Module]
+    pointwise: type[nn.Module]
+
+
+LAYERS: dict[int, Layers] = {
+    2: Layers(nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, nn.BatchNorm2d, PointwiseConv),
+    3: Layers(nn.Conv3d, nn.ConvTranspose3d, nn.MaxPool3d, nn.BatchNorm3d, nn.Conv3d),
+}
+
+
+def _block(layers: Layers, in_ch: int, out_ch: int) -> nn.Sequential:
+    """Two 3x3(x3) conv + ReLU, then BatchNorm (the paper's order)."""
     return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 3, padding=1),
+        layers.conv(in_ch, out_ch, 3, padding=1),
         nn.ReLU(inplace=True),
-        nn.Conv2d(out_ch, out_ch, 3, padding=1),
+        layers.conv(out_ch, out_ch, 3, padding=1),
         nn.ReLU(inplace=True),
-        nn.BatchNorm2d(out_ch),
+        layers.batch_norm(out_ch),
     )
 
 
 class UNet(nn.Module):
-    """2D U-Net. Input ``[B, in_channels, H, W]`` (H, W divisible by ``2**(depth-1)``);
-    output logits ``[B, out_channels, H, W]``.
+    """2D or 3D U-Net. Input ``[B, in_channels, *S]`` with ``S`` = (H, W) or (D, H, W), each
+    divisible by ``2**(depth-1)``; output logits ``[B, out_channels, *S]``.
 
     ``stem`` (the first level) contains no dropout: in MC inference it is computed once per
     image and reused for all samples (:meth:`forward_from_stem`).
@@ -118,44 +137,60 @@ class UNet(nn.Module):
         depth: int = 5,
         base_filters: int = 32,
         dropout: float = 0.2,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
         if depth < 2:
             raise ValueError(f"depth must be >= 2, got {depth}")
+        if spatial_dims not in LAYERS:
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        layers = LAYERS[spatial_dims]
         filters = [base_filters * 2**i for i in range(depth)]
         self.depth = depth
-        self.stem = _block(in_channels, filters[0])
+        self.spatial_dims = spatial_dims
+        self.out_channels = out_channels
+        self.stem = _block(layers, in_channels, filters[0])
         self.down = nn.ModuleList(
-            nn.Sequential(nn.MaxPool2d(2), MCDropout(dropout), _block(filters[i - 1], filters[i]))
+            nn.Sequential(
+                layers.max_pool(2), MCDropout(dropout), _block(layers, filters[i - 1], filters[i])
+            )
             for i in range(1, depth)
         )
         self.up = nn.ModuleList(
-            nn.ConvTranspose2d(filters[i], filters[i - 1], 2, stride=2)
+            layers.conv_transpose(filters[i], filters[i - 1], 2, stride=2)
             for i in range(depth - 1, 0, -1)
         )
         self.dec = nn.ModuleList(
-            _block(2 * filters[i - 1], filters[i - 1]) for i in range(depth - 1, 0, -1)
+            _block(layers, 2 * filters[i - 1], filters[i - 1]) for i in range(depth - 1, 0, -1)
         )
-        self.head = PointwiseConv(filters[0], out_channels, 1)
+        self.head = layers.pointwise(filters[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_from_stem(self.stem(x))
 
     def forward_from_stem(self, s0: torch.Tensor) -> torch.Tensor:
-        """Logits from the first level's output ``s0`` ``[B, base_filters, H, W]``."""
+        """Logits from the first level's output ``s0`` ``[B, base_filters, *S]``."""
+        return self.decode(self.encode(s0))
+
+    def encode(self, s0: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs of every level from the stem's ``s0``; the last is the bottleneck
+        ``[B, base_filters * 2**(depth-1), *S / 2**(depth-1)]``."""
         skips = [s0]
-        x = s0
         for down in self.down:
-            x = down(x)
-            skips.append(x)
-        skips.pop()
+            skips.append(down(skips[-1]))
+        return skips
+
+    def decode(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        """Logits ``[B, out_channels, *S]`` from the outputs of :meth:`encode`."""
+        skips = list(levels)
+        x = skips.pop()
         for up, dec in zip(self.up[:-1], self.dec[:-1], strict=True):
             x = dec(torch.cat([up(x), skips.pop()], dim=1))
-        x = self._top_block[:2](torch.cat([self.up[-1](x), s0], dim=1))
+        x = self._top_block[:2](torch.cat([self.up[-1](x), skips.pop()], dim=1))
         return self._top_tail(x)
 
     def stem_cache(self, x: torch.Tensor) -> StemCache:
-        """The mask-independent parts of MC inference for images ``x`` ``[B, 1, H, W]``."""
+        """The mask-independent parts of MC inference for images ``x`` ``[B, 1, *S]``."""
         s0 = self.stem(x)
         top = cast(nn.Conv2d, self._top_block[0])
         half = top.in_channels // 2
@@ -165,7 +200,7 @@ class UNet(nn.Module):
     def forward_cached(
         self, cache: StemCache, samples: int, memory_format: torch.memory_format
     ) -> torch.Tensor:
-        """Logits ``[samples * B, out_channels, H, W]`` of ``samples`` stochastic passes of
+        """Logits ``[samples * B, out_channels, *S]`` of ``samples`` stochastic passes of
         each image of ``cache`` (sample-major: row ``t * B + b``), computing only what
         depends on the dropout masks."""
         pooled = cache.pooled
@@ -195,6 +230,14 @@ class UNet(nn.Module):
         """The top decoder block: conv (input: upsampled + skip), ReLU, conv, ReLU, BN."""
         return cast(nn.Sequential, self.dec[-1])
 
+    @torch.inference_mode()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Bottleneck descriptors ``[B, base_filters * 2**(depth-1)]``: the deepest level's
+        output averaged over space (Yang et al. 2017's image descriptor); dropout as the
+        model's mode says (deterministic in evaluation mode)."""
+        bottleneck = self.encode(self.stem(x))[-1]
+        return bottleneck.float().mean(dim=tuple(range(2, bottleneck.ndim)))
+
     @property
     def divisor(self) -> int:
         """Input sizes must be multiples of this."""
@@ -204,16 +247,31 @@ class UNet(nn.Module):
 @dataclass(frozen=True)
 class StemCache:
     """Mask-independent activations of MC inference for ``B`` images: ``pooled``, the
-    max-pooled first level ``[B, f, H/2, W/2]``, and ``top_skip``, the skip half of the top
-    decoder convolution (without bias) ``[B, f, H, W]``."""
+    max-pooled first level ``[B, f, *S/2]``, and ``top_skip``, the skip half of the top
+    decoder convolution (without bias) ``[B, f, *S]``."""
 
     pooled: torch.Tensor
     top_skip: torch.Tensor
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """``[B, C, H, W]`` logits -> probabilities: sigmoid for C = 1, softmax otherwise."""
+    """``[B, C, *S]`` logits -> probabilities: sigmoid for C = 1, softmax otherwise."""
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def predicted_labels(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Labels int64 ``[B, *S]`` of probabilities ``[B, C, *S]``: ``p >= threshold`` for one
+    (foreground) channel, the most probable class otherwise."""
+    if probs.shape[1] == 1:
+        return (probs[:, 0] >= threshold).long()
+    return probs.argmax(dim=1)
+
+
+def output_channels(num_classes: int) -> int:
+    """Logit channels for ``num_classes`` labels: 1 (sigmoid) for binary, else one each."""
+    if num_classes < 2:
+        raise ValueError(f"need at least 2 classes (background and foreground), got {num_classes}")
+    return 1 if num_classes == 2 else num_classes
 
 
 def dropout_modules(model: nn.Module) -> list[MCDropout]:

@@ -146,6 +146,6 @@ def _accumulate(
     for start in range(0, samples, batch):
         n = min(batch, samples - start)
         with runtime.autocast():
-            logits = model.forward_cached(cache, n, runtime.memory_format)
+            logits = model.forward_cached(cache, n, runtime.memory_format_for(x.ndim))
         moments.add(probabilities(logits.float())[:, None])
     return moments

@@ -33,13 +33,20 @@ from activeseg.committee import (
 from activeseg.config import Config, DataConfig, to_dict
 from activeseg.data.patches import Normalizer, PatchSet, Split, resample, split_by_source, tile
 from activeseg.data.sources import load_source
+from activeseg.data.volumes import load_volumes, prepare_volume, volume_patches
 from activeseg.errors import TrainingDiverged, UserError
-from activeseg.metrics import confusion, metrics_from_confusion, summarize, uncertainty_quality
-from activeseg.model import UNet
+from activeseg.metrics import (
+    confusion,
+    per_item_dice,
+    summarize,
+    summarize_classes,
+    uncertainty_quality,
+)
+from activeseg.model import UNet, output_channels
 from activeseg.rundir import MapsWriter, RunDirectory, disk_usage
 from activeseg.runtime import Runtime, derive_seed, resolve, torch_generator
 from activeseg.scoring import McStats, mc_statistics
-from activeseg.train import INITS, LOSSES, FitResult, confusion_counts, fit
+from activeseg.train import INITS, LOSSES, FitResult, class_confusion_counts, fit
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,27 @@ class Prepared:
 
 
 def prepare(cfg: DataConfig) -> Prepared:
-    """Load, resample, tile, split by source image and normalise."""
+    """Load, resample, tile (or fit volumes to one shape), split by source and normalise."""
+    patches = _volume_patches(cfg) if cfg.spatial_dims == 3 else _image_patches(cfg)
+    split = split_by_source(
+        patches, cfg.n_initial, cfg.n_val, cfg.n_test, cfg.n_pool, seed=cfg.split_seed
+    )
+    normalizer = Normalizer.fit(patches.images[split.train])
+    images = torch.from_numpy(normalizer(patches.images))
+    return Prepared(patches, split, normalizer, images, patches.masks)
+
+
+def _volume_patches(cfg: DataConfig) -> PatchSet:
+    """Volumes windowed, resampled to ``cfg.spacing`` and cut into ``patch_size``-cubes."""
+    volumes = [
+        prepare_volume(v, cfg.spacing, cfg.clip, cfg.clip_percentile)
+        for v in load_volumes(cfg.source, cfg.num_classes, seed=cfg.split_seed)
+    ]
+    return volume_patches(volumes, cfg.patch_size, cfg.whole_volume)
+
+
+def _image_patches(cfg: DataConfig) -> PatchSet:
+    """2D images resampled to ``cfg.pixel_size`` and tiled into ``patch_size`` patches."""
     samples = load_source(
         cfg.source,
         pixel_size=cfg.source_pixel_size,
@@ -71,13 +98,7 @@ def prepare(cfg: DataConfig) -> Prepared:
             "of the folder's images) or --set data.pixel_size=none",
             stacklevel=2,
         )
-    patches = tile([resample(s, cfg.pixel_size) for s in samples], cfg.patch_size)
-    split = split_by_source(
-        patches, cfg.n_initial, cfg.n_val, cfg.n_test, cfg.n_pool, seed=cfg.split_seed
-    )
-    normalizer = Normalizer.fit(patches.images[split.train])
-    images = torch.from_numpy(normalizer(patches.images))
-    return Prepared(patches, split, normalizer, images, patches.masks)
+    return tile([resample(s, cfg.pixel_size) for s in samples], cfg.patch_size)
 
 
 class UNetLearner:
@@ -113,7 +134,9 @@ class UNetLearner:
         m = self.config.model
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return UNet(1, 1, m.depth, m.base_filters, m.dropout)
+            d = self.config.data
+            channels = output_channels(d.num_classes)
+            return UNet(1, channels, m.depth, m.base_filters, m.dropout, d.spatial_dims)
 
     def start(self, weights: dict[str, torch.Tensor] | None = None) -> None:
         """Begin a new sequence of fits (a strategy and repetition): with ``train.init=warm``
@@ -152,17 +175,21 @@ class UNetLearner:
         return {"model": self.trained_model().state_dict()}
 
     def test_counts(self) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Per-patch confusion counts ``[N, 4]`` on the test set, and extra metrics."""
+        """Per-patch, per-foreground-class confusion counts ``[N, K, 4]`` on the test set, and
+        extra metrics."""
         images, masks = self._test
         threshold = self.config.scoring.threshold
-        return confusion_counts(self.trained_model(), images, masks, self.runtime, threshold), {}
+        model = self.trained_model()
+        counts = class_confusion_counts(model, images, masks, self.runtime, threshold)
+        return counts, {}
 
     def evaluate(self) -> dict[str, Any]:
         masks = self._test[1]
         threshold = self.config.scoring.threshold
         counts, extra = self.test_counts()
-        out: dict[str, Any] = {f"test_{k}": v for k, v in summarize(counts).items()} | extra
-        out["test_dice_per_patch"] = metrics_from_confusion(counts)["dice"].tolist()
+        out: dict[str, Any] = {f"test_{k}": v for k, v in summarize_classes(counts).items()}
+        out |= extra
+        out["test_dice_per_patch"] = per_item_dice(counts)
         if self.config.scoring.test_uncertainty:
             stats = self.statistics(self.data.split.test, derive_seed(self._seed, "test_mc"))
             quality = uncertainty_quality(stats.mean, stats.std, masks, threshold)
@@ -181,6 +208,18 @@ class UNetLearner:
             self.runtime,
             self.progress,
         )
+
+    def features(self, ids: np.ndarray, batch: int = 16) -> np.ndarray:
+        """Bottleneck descriptors ``[k, F]`` (float64) of patches ``ids``, evaluation mode."""
+        model = self.trained_model()
+        self.runtime.place(model)
+        model.eval()
+        parts = []
+        for start in range(0, len(ids), batch):
+            x = self.runtime.tensor(self.data.images[ids[start : start + batch]])
+            with self.runtime.autocast():
+                parts.append(model.features(x).double().cpu())
+        return torch.cat(parts).numpy() if parts else np.empty((0, 0))
 
 
 class CommitteeLearner(UNetLearner):
@@ -258,7 +297,7 @@ class CommitteeLearner(UNetLearner):
             "test_member_dice": members,
             "test_member_disagreement": disagreement(probs, threshold),
         }
-        return confusion(probs.mean(0) >= threshold, target), extra
+        return confusion(probs.mean(0) >= threshold, target)[:, None], extra
 
     def statistics(self, ids: np.ndarray, seed: int) -> McStats:
         self.trained_model()
@@ -298,7 +337,7 @@ def validate(config: Config) -> None:
     """Reject inconsistent settings before any work starts."""
     loop_cfg, m, s = config.loop, config.model, config.scoring
     for name in loop_cfg.strategies:
-        get_strategy(name, s.edt, s.threshold)
+        get_strategy(name, s.edt, s.threshold, s.cover_candidates)
     get_selection(loop_cfg.selection, loop_cfg.stochastic_groups)
     if len(set(loop_cfg.strategies)) != len(loop_cfg.strategies) or not loop_cfg.strategies:
         raise UserError(f"loop.strategies must be distinct and non-empty: {loop_cfg.strategies}")
@@ -341,6 +380,7 @@ def validate(config: Config) -> None:
             f"2**(model.depth-1) = {2 ** (m.depth - 1)}",
         ),
         *_data_checks(config),
+        *_volume_checks(config),
         (
             math.isfinite(config.train.lr) and config.train.lr > 0,
             f"train.lr must be a positive number, got {config.train.lr}",
@@ -379,6 +419,48 @@ def _data_checks(config: Config) -> list[tuple[bool, str]]:
     return checks
 
 
+def _volume_checks(config: Config) -> list[tuple[bool, str]]:
+    """(ok, message) pairs for volumes and multi-class labels."""
+    d, train = config.data, config.train
+    volumes = d.spatial_dims == 3
+    return [
+        (d.spatial_dims in (2, 3), f"data.spatial_dims must be 2 or 3, got {d.spatial_dims}"),
+        (d.num_classes >= 2, f"data.num_classes must be >= 2, got {d.num_classes}"),
+        (
+            d.num_classes == 2 or volumes,
+            "data.num_classes > 2 needs volumes (data.spatial_dims=3); 2D masks are binary",
+        ),
+        (
+            not (volumes and train.augment),
+            "train.augment is for 2D images; set train.augment=false for volumes",
+        ),
+        (
+            d.num_classes == 2 or not config.scoring.test_uncertainty,
+            "scoring.test_uncertainty (AUROC, calibration) is defined for binary masks; "
+            "set scoring.test_uncertainty=false",
+        ),
+        (
+            d.num_classes == 2 or train.loss == "dice",
+            f"train.loss={train.loss} is binary only; use train.loss=dice",
+        ),
+        (
+            d.spacing is None or (math.isfinite(d.spacing) and d.spacing > 0),
+            f"data.spacing must be a positive number of mm, got {d.spacing}",
+        ),
+        (
+            d.clip is None or d.clip[0] < d.clip[1],
+            f"data.clip must be (low, high) with low < high, got {d.clip}",
+        ),
+        (
+            config.scoring.cover_candidates >= config.loop.query_size
+            or "max_cover" not in config.loop.strategies,
+            f"scoring.cover_candidates ({config.scoring.cover_candidates}) must be >= "
+            f"loop.query_size ({config.loop.query_size}) for max_cover",
+        ),
+        (config.scoring.cover_candidates >= 1, "scoring.cover_candidates must be >= 1"),
+    ]
+
+
 def simulate(
     config: Config,
     out: Path,
@@ -390,7 +472,9 @@ def simulate(
     validate(config)
     runtime = resolve(config.train.device, config.train.precision)
     strategies = [
-        get_strategy(n, config.scoring.edt, config.scoring.threshold)
+        get_strategy(
+            n, config.scoring.edt, config.scoring.threshold, config.scoring.cover_candidates
+        )
         for n in config.loop.strategies
     ]
     lc = config.loop

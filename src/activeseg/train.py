@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from activeseg.config import TrainConfig
 from activeseg.errors import TrainingDiverged, UserError
-from activeseg.metrics import confusion, summarize
-from activeseg.model import probabilities, seeded_dropout
+from activeseg.metrics import confusion, summarize_classes
+from activeseg.model import predicted_labels, probabilities, seeded_dropout
 from activeseg.runtime import Runtime
 
 LOSSES = ("dice", "wbce", "dice_then_wbce")
@@ -43,14 +43,21 @@ class WeightedBCE(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, target, weight=weight)
 
 
-def make_loss(name: str, fg_weight: float) -> tuple[nn.Module, nn.Module]:
+def make_loss(name: str, fg_weight: float, channels: int = 1) -> tuple[nn.Module, nn.Module]:
     """Losses for the first and second half of training (equal unless ``dice_then_wbce``).
 
     Dice is MONAI's ``DiceLoss`` over the whole batch (``batch=True``: patches without myelin
-    do not produce a degenerate per-item Dice), on sigmoid probabilities.
+    do not produce a degenerate per-item Dice), on sigmoid probabilities of one channel; for
+    ``channels`` > 1 (multi-class logits, targets are labels ``[B, 1, *S]``) on softmax
+    probabilities of the foreground classes (background excluded, as in the binary case).
     """
     if name not in LOSSES:
         raise UserError(f"train.loss: {name!r} is not one of {', '.join(LOSSES)}")
+    if channels > 1:
+        if name != "dice":
+            raise UserError(f"train.loss={name} is binary only; use train.loss=dice")
+        multi = DiceLoss(softmax=True, to_onehot_y=True, include_background=False, batch=True)
+        return multi, multi
     dice = DiceLoss(sigmoid=True, batch=True)
     wbce = WeightedBCE(fg_weight)
     first = wbce if name == "wbce" else dice
@@ -114,8 +121,9 @@ def fit(
     generator: torch.Generator,
     progress: bool = False,
 ) -> FitResult:
-    """Train ``model`` in place on ``images`` / ``masks`` ``[N, 1, H, W]`` (normalised images,
-    {0, 1} masks) and load the weights of its best validation Dice.
+    """Train ``model`` in place on ``images`` / ``masks`` ``[N, 1, *S]`` (normalised images,
+    {0, 1} masks, or labels 0 .. C-1 for a model of C > 1 output channels) and load the
+    weights of its best validation (mean foreground) Dice.
 
     Batches are drawn without replacement from a reshuffled order (with replacement when
     ``N < batch_size``); every random draw (order, augmentation, dropout) comes from
@@ -132,7 +140,7 @@ def fit(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     decay = cfg.lr / max(cfg.epochs, 1)  # Keras time decay, per update step
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1.0 + decay * step))
-    losses = make_loss(cfg.loss, cfg.fg_weight)
+    losses = make_loss(cfg.loss, cfg.fg_weight, int(getattr(model, "out_channels", 1)))
     total = cfg.steps
     best = (-1.0, 0, copy.deepcopy(model.state_dict()))
     history: list[tuple[int, float, float]] = []
@@ -194,7 +202,7 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[to
 def predict(
     model: nn.Module, images: torch.Tensor, runtime: Runtime, batch_size: int = 16
 ) -> torch.Tensor:
-    """Deterministic probabilities ``[N, C, H, W]`` (float32, on the CPU) in evaluation mode."""
+    """Deterministic probabilities ``[N, C, *S]`` (float32, on the CPU) in evaluation mode."""
     was_training = model.training
     model.eval()
     out = []
@@ -214,10 +222,10 @@ def evaluate(
     runtime: Runtime,
     threshold: float = 0.5,
 ) -> dict[str, float]:
-    """Metrics of the thresholded prediction over the whole set and as a per-patch mean
-    (see :func:`activeseg.metrics.summarize`)."""
-    counts = confusion_counts(model, images, masks, runtime, threshold)
-    return summarize(counts)
+    """Metrics of the predicted labels over the whole set and as a per-patch mean; for
+    several foreground classes their mean and each class's value (see
+    :func:`activeseg.metrics.summarize_classes`)."""
+    return summarize_classes(class_confusion_counts(model, images, masks, runtime, threshold))
 
 
 def confusion_counts(
@@ -227,6 +235,24 @@ def confusion_counts(
     runtime: Runtime,
     threshold: float = 0.5,
 ) -> torch.Tensor:
-    """Per-patch (tp, fp, tn, fn) counts ``[N, 4]`` of the thresholded prediction."""
+    """Per-patch (tp, fp, tn, fn) counts ``[N, 4]`` of the thresholded prediction (binary)."""
+    return class_confusion_counts(model, images, masks, runtime, threshold)[:, 0]
+
+
+def class_confusion_counts(
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    runtime: Runtime,
+    threshold: float = 0.5,
+) -> torch.Tensor:
+    """Per-patch, per-foreground-class (tp, fp, tn, fn) counts ``[N, K, 4]`` of the predicted
+    labels (:func:`~activeseg.model.predicted_labels`); ``masks`` ``[N, 1, *S]`` hold {0, 1}
+    (K = 1, foreground = mask >= 0.5) or labels 0 .. K."""
     probs = predict(model, images, runtime)
-    return confusion(probs >= threshold, torch.as_tensor(masks).cpu() >= 0.5)
+    pred = predicted_labels(probs, threshold)
+    target = torch.as_tensor(masks).cpu()[:, 0]
+    if probs.shape[1] == 1:
+        return confusion(pred == 1, target >= 0.5)[:, None]
+    labels = target.long()
+    return torch.stack([confusion(pred == k, labels == k) for k in range(1, probs.shape[1])], dim=1)

@@ -348,6 +348,13 @@ def _curves_section(ctx: Context) -> Section:
         rows += _curve_rows(run, metric)
     if any(r.get("test_ece") is not None for r in run.records):
         rows += [row for metric in QUALITY_METRICS for row in _curve_rows(run, metric)]
+    for metric in sorted(k for k in run.records[0] if k.startswith("test_dice_class")):
+        label = metric.removeprefix("test_").replace("_", " ")  # "dice class1"
+        title = f"Test {label} vs labelled patches (mean ± std over {reps} repetitions)"
+        levels = _upper_levels(run, metric)
+        fig = fg.curve_figure(_series(run, metric), f"test {label}", title, levels)
+        section.figures.append(ctx.figure(fig, f"learning_{metric[5:]}", title, half=True))
+        rows += _curve_rows(run, metric)
     ctx.csv(
         "learning_curves.csv",
         ["strategy", "metric", "n_labelled", "added", "mean", "std", "n_repetitions"],
@@ -418,11 +425,17 @@ def _map_panels(ctx: Context, name: str) -> tuple[int, list[fg.MapPanel]] | None
             mean, std, ranking = (z[k][j].astype(np.float32) for k in ("mean", "std", "map"))
             score = float(z["scores"][j])
         p = ctx.patches
-        image = None if p is None else p.images[patch, 0]
-        truth = None if p is None else p.masks[patch, 0]
+        image = None if p is None else _plane(p.images[patch, 0])
+        truth = None if p is None else _plane(p.masks[patch, 0])
         it, n = record["iteration"], record["n_labelled"]
+        mean, std, ranking = _plane(mean), _plane(std), _plane(ranking)
         panels.append(fg.MapPanel(it, n, patch, score, image, truth, mean, std, ranking))
     return (rep, panels) if panels else None
+
+
+def _plane(array: np.ndarray) -> np.ndarray:
+    """A 2D map as is; of a volume ``[X, Y, Z]`` the middle plane along the first axis."""
+    return array[array.shape[0] // 2] if array.ndim == 3 else array
 
 
 def _map_file(ctx: Context, name: str, rep: int, record: dict[str, Any]) -> Path | None:

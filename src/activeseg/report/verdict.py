@@ -105,8 +105,9 @@ def hours(axons: Sequence[int], n: float | None, minutes_per_axon: float) -> flo
 def count_axons(masks: np.ndarray) -> np.ndarray:
     """Myelinated axons per patch, int64 ``[N]``: 8-connected components of the foreground of
     ``masks`` ``[N, 1, H, W]`` ({0, 1}). Each myelin ring is one component; touching sheaths
-    merge (an undercount) and axons cut by the patch border count whole (an overcount)."""
-    structure = np.ones((3, 3), dtype=bool)
+    merge (an undercount) and axons cut by the patch border count whole (an overcount).
+    Volumes ``[N, 1, D, H, W]`` (any labels): 26-connected components of the non-background."""
+    structure = np.ones((3,) * (masks.ndim - 2), dtype=bool)
     return np.array(
         [ndimage.label(m[0] > 0, structure=structure)[1] for m in masks], dtype=np.int64
     )
