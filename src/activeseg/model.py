@@ -211,6 +211,14 @@ class StemCache:
     top_skip: torch.Tensor
 
 
+def seeded_unet(seed: int, depth: int, base_filters: int, dropout: float) -> UNet:
+    """A freshly initialised one-channel U-Net whose initialisation draws from ``seed`` only
+    (the global RNG state is restored afterwards)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet(1, 1, depth, base_filters, dropout)
+
+
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
     """``[B, C, H, W]`` logits -> probabilities: sigmoid for C = 1, softmax otherwise."""
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)

@@ -35,7 +35,7 @@ from activeseg.data.patches import Normalizer, PatchSet, Split, resample, split_
 from activeseg.data.sources import load_source
 from activeseg.errors import TrainingDiverged, UserError
 from activeseg.metrics import confusion, metrics_from_confusion, summarize, uncertainty_quality
-from activeseg.model import UNet
+from activeseg.model import UNet, seeded_unet
 from activeseg.rundir import MapsWriter, RunDirectory, disk_usage
 from activeseg.runtime import Runtime, derive_seed, resolve, torch_generator
 from activeseg.scoring import McStats, mc_statistics
@@ -111,9 +111,7 @@ class UNetLearner:
         """A freshly initialised U-Net; initialisation draws from ``seed`` only (the global
         RNG state is restored afterwards)."""
         m = self.config.model
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return UNet(1, 1, m.depth, m.base_filters, m.dropout)
+        return seeded_unet(seed, m.depth, m.base_filters, m.dropout)
 
     def start(self, weights: dict[str, torch.Tensor] | None = None) -> None:
         """Begin a new sequence of fits (a strategy and repetition): with ``train.init=warm``
