@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
             print("the model is up to date (trained on every annotated region); --force retrains")
         print(_status_text(project.status()))
     elif args.command == "query":
-        queries = project.query(DEFAULT_K if args.k is None else args.k, args.strategy, progress=not args.quiet)
+        k = DEFAULT_K if args.k is None else args.k
+        queries = project.query(k, args.strategy, progress=not args.quiet)
         for q in queries:
             r = q.region
             print(f"{q.id}: {r.image} rows {r.row}-{r.row + r.height} cols {r.col}-"
