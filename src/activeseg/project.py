@@ -400,16 +400,22 @@ class Project:
 
     # ---- querying --------------------------------------------------------------------
     def query(
-        self, k: int = DEFAULT_K, strategy: str | None = None, progress: bool = False
+        self,
+        k: int = DEFAULT_K,
+        strategy: str | None = None,
+        progress: bool = False,
+        on_stage: Callable[[int], None] = lambda stage: None,
     ) -> list[Query]:
         """Train if needed, score every candidate region and write the ``k`` best to
-        ``to_annotate/`` (crop, pre-annotation, heatmap overlay, JSON)."""
+        ``to_annotate/`` (crop, pre-annotation, heatmap overlay, JSON). ``on_stage`` is
+        called with 0 (training), 1 (scoring), 2 (writing)."""
         if k < 1:
             raise UserError(f"-k must be >= 1, got {k}")
         s = self.config.scoring
         chosen = get_strategy(strategy or self.settings.strategy, s.edt, s.threshold)
         with self.locked():
             state = self.state()
+            on_stage(0)
             if self._up_to_date(state):
                 model, number = self.load_model(), state.rounds[-1].round
             else:
@@ -422,8 +428,10 @@ class Project:
                     f"pending); ask for -k {len(regions)} or fewer"
                 )
             seed = derive_seed(self.config.loop.seed, "query", number, state.next_query)
+            on_stage(1)
             scores = self._score(model, windows, chosen, seed, progress)
             picked = select_top_k(scores, k, numpy_generator(derive_seed(seed, "select")))
+            on_stage(2)
             stats = self._mc(model, windows.images[picked], picked, seed, False)
             queries = []
             for j, index in enumerate(picked):
