@@ -90,15 +90,15 @@ def segment_file(
     image: np.ndarray,
     pixel_size: float | None,
     model_pixel_size: float | None,
-    normalizer: Normalizer,
     window: Window,
     runtime: Runtime,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Probability and optional std of ``image`` ``[H, W]`` (in [0, 1], ``pixel_size`` µm),
-    at the image's own pixels."""
+    at the image's own pixels; the image is standardised by its own mean and std (see
+    :func:`activeseg.project.image_normalizer`)."""
     sample = Sample("image", image, np.zeros(image.shape, np.uint8), pixel_size)
     small = resample(sample, model_pixel_size).image
-    prob, std = segment(model, normalizer(small), window, runtime)
+    prob, std = segment(model, Normalizer.fit(small)(small), window, runtime)
     if prob.shape != image.shape:
         prob = resize(prob, image.shape)
         std = None if std is None else resize(std, image.shape)
@@ -140,7 +140,6 @@ def predict_images(
             read_image(f.path),
             size,
             cfg.data.pixel_size,
-            project.settings.normalizer,
             window,
             runtime,
         )

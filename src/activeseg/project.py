@@ -3,8 +3,8 @@
 Layout of ``PROJECT/`` (every path stored inside is relative, so the folder can be moved or
 copied)::
 
-    project.json     images (file, pixel size µm, held out or not), mask suffix, strategy,
-                     intensity normaliser; written once by ``init``
+    project.json     images (file, pixel size µm, held out or not, intensity mean and std),
+                     mask suffix, strategy; written once by ``init``
     config.yaml      the resolved configuration (preset + --set)
     state.json       annotated regions, pending queries, training rounds (the learning curve)
     images/          copies of the user's images
@@ -148,10 +148,19 @@ class State:
 
 @dataclass(frozen=True)
 class ProjectImage:
+    """An image of the project: ``file`` relative to the project, ``pixel_size`` µm,
+    ``mean`` / ``std`` of its intensities at the model's pixel size (its normaliser)."""
+
     name: str
-    file: str  # relative to the project
+    file: str
     pixel_size: float | None
+    mean: float
+    std: float
     holdout: bool = False
+
+    @property
+    def normalizer(self) -> Normalizer:
+        return Normalizer(self.mean, self.std)
 
 
 @dataclass(frozen=True)
@@ -159,7 +168,6 @@ class Settings:
     """``project.json``: fixed at init."""
 
     images: tuple[ProjectImage, ...]
-    normalizer: Normalizer
     mask_suffix: str = MASK_SUFFIX
     strategy: str = "std_edt"
 
@@ -244,7 +252,6 @@ class Project:
         data = _read_json(self.root / "project.json")
         self.settings = Settings(
             images=tuple(ProjectImage(**i) for i in data["images"]),
-            normalizer=Normalizer(**data["normalizer"]),
             mask_suffix=data["mask_suffix"],
             strategy=data["strategy"],
         )
@@ -305,12 +312,15 @@ class Project:
 
     # ---- training --------------------------------------------------------------------
     def patches(self, annotations: Sequence[Annotation]) -> PatchSet | None:
-        """The annotated regions resampled and tiled into ``data.patch_size`` patches."""
+        """The annotated regions, normalised by their image's normaliser, resampled and
+        tiled into ``data.patch_size`` patches (images float32 normalised, masks {0, 1})."""
         samples = [
             dataclasses.replace(
                 self._sample(
                     a.region.image,
-                    a.region.crop(self.image(a.region.image)),
+                    self._by_name[a.region.image].normalizer(
+                        a.region.crop(self.image(a.region.image))
+                    ),
                     read_mask(self.root / a.mask),
                 ),
                 name=a.id,
@@ -352,10 +362,9 @@ class Project:
         val = self.patches([a for a in state.annotations if self.is_holdout(a.region.image)])
         if train is None or len(train) == 0:
             raise UserError("the annotated regions give no patch; check data.patch_size")
-        norm = self.settings.normalizer
-        x, y = torch.from_numpy(norm(train.images)), torch.from_numpy(train.masks).float()
+        x, y = torch.from_numpy(train.images), torch.from_numpy(train.masks).float()
         vx, vy = (
-            (torch.from_numpy(norm(val.images)), torch.from_numpy(val.masks).float())
+            (torch.from_numpy(val.images), torch.from_numpy(val.masks).float())
             if val is not None
             else (x, y)
         )
@@ -377,7 +386,6 @@ class Project:
             {
                 "model": model.state_dict(),
                 "config": to_dict(self.config),
-                "normalizer": dataclasses.asdict(norm),
                 "round": number,
                 "annotations": list(ids),
             },
@@ -453,7 +461,10 @@ class Project:
         in original pixels: the centred patch grid of every image that is not held out,
         minus windows overlapping an annotated or pending region."""
         names = [i.name for i in self.settings.images if not i.holdout]
-        samples = [self._sample(n, self.image(n, resampled=True), None) for n in names]
+        samples = [
+            self._sample(n, self._by_name[n].normalizer(self.image(n, resampled=True)), None)
+            for n in names
+        ]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # images smaller than a patch simply give none
             windows = tile(samples, self.config.data.patch_size)
@@ -466,9 +477,7 @@ class Project:
             if region is not None and not any(region.overlaps(t) for t in taken):
                 keep.append(index)
                 regions.append(region)
-        kept = windows.subset(np.asarray(keep, dtype=np.int64))
-        images = self.settings.normalizer(kept.images)
-        return dataclasses.replace(kept, images=images), regions
+        return windows.subset(np.asarray(keep, dtype=np.int64)), regions
 
     def _region(self, name: str, row: int, col: int) -> Region | None:
         """The original-pixel region of the resampled window at ``(row, col)``; its size
@@ -746,24 +755,18 @@ def init_project(
     root.mkdir(parents=True, exist_ok=True)
     handle = acquire_lock(root / "project.lock")
     try:
-        entries, annotations, resampled = [], [], []
+        entries, annotations = [], []
         for f in tqdm(files, desc="copying images", leave=False, disable=len(files) < 5):
-            entry = _copy_image(root, f, f.name in holdout)
+            entry = _copy_image(root, f, f.name in holdout, config.data.pixel_size)
             entries.append(entry)
-            if not entry.holdout:
-                image = read_image(f.path)
-                sample = Sample(f.name, image, np.zeros(image.shape, np.uint8), f.pixel_size)
-                resampled.append(resample(sample, config.data.pixel_size).image.ravel())
             if f.name in mask_arrays:
                 stored = f"annotations/{f.name}{MASK_SUFFIX}.png"
                 write_mask_png(root / stored, mask_arrays[f.name])
                 h, w = mask_arrays[f.name].shape
                 annotations.append(Annotation(f.name, Region(f.name, 0, 0, h, w), stored, "init"))
-        normalizer = Normalizer.fit(np.concatenate(resampled))
         settings = {
             "schema": PROJECT_SCHEMA,
             "images": [dataclasses.asdict(e) for e in entries],
-            "normalizer": dataclasses.asdict(normalizer),
             "mask_suffix": mask_suffix,
             "strategy": strategy,
         }
@@ -780,10 +783,29 @@ def init_project(
     return Project(root)
 
 
-def _copy_image(root: Path, f: ImageFile, holdout: bool) -> ProjectImage:
+def _copy_image(
+    root: Path, f: ImageFile, holdout: bool, pixel_size: float | None
+) -> ProjectImage:
+    """Copy ``f`` into ``root/images/`` and measure its normaliser at ``pixel_size``."""
     name = f"images/{f.name}{''.join(f.path.suffixes[-1:]).lower()}"
     atomic_write_bytes(root / name, f.path.read_bytes())
-    return ProjectImage(f.name, name, f.pixel_size, holdout)
+    norm = image_normalizer(read_image(f.path), f.pixel_size, pixel_size)
+    return ProjectImage(f.name, name, f.pixel_size, norm.mean, norm.std, holdout)
+
+
+def image_normalizer(
+    image: np.ndarray, pixel_size: float | None, model_pixel_size: float | None
+) -> Normalizer:
+    """The intensity normaliser of one image ``[H, W]``: mean and std of the image
+    resampled to the model's pixel size.
+
+    Each image is standardised by its own statistics, at training, querying and prediction
+    alike: brightness and contrast differ between acquisitions (the AxonDeepSeg SEM images'
+    mean intensity ranges from 0.3 to 0.6), and a model trained on a few regions of one
+    image must not see the others as shifted intensities.
+    """
+    sample = Sample("image", image, np.zeros(image.shape, np.uint8), pixel_size)
+    return Normalizer.fit(resample(sample, model_pixel_size).image)
 
 
 def _match_masks(files: Sequence[ImageFile], folder: Path, suffix: str) -> dict[str, Path]:
