@@ -26,6 +26,8 @@ def main(project: Path, target: Path) -> None:
     viewer.window._qt_window.resize(1200, 720)
     widget.open_project(project)
     napari.qt.get_qapp().processEvents()
+    viewer.reset_view()
+    napari.qt.get_qapp().processEvents()
     try:
         image = viewer.screenshot(canvas_only=False, flash=False)
         Image.fromarray(np.asarray(image)).save(target)
