@@ -77,12 +77,7 @@ def load_source(
     root = Path(spec).expanduser()
     if not root.is_dir():
         raise UserError(f"data source {spec!r} is not a directory; expected {_LAYOUTS}.")
-    if (root / "derivatives").is_dir() or any(p.is_dir() for p in root.glob("sub-*")):
-        if pixel_size is not None:
-            raise UserError(
-                f"{root} is a BIDS dataset: pixel sizes come from its JSON sidecars; "
-                "do not pass a pixel size."
-            )
+    if _is_bids(root, pixel_size):
         return load_bids(root, modality=modality, label_suffix=label_suffix)
     if (root / "images").is_dir():
         return load_folder(root, pixel_size=pixel_size)
@@ -197,12 +192,7 @@ def find_images(
     root = Path(spec).expanduser().absolute()
     if not root.is_dir():
         raise UserError(f"image folder {spec} not found; give a BIDS dataset or a folder of images")
-    if (root / "derivatives").is_dir() or any(p.is_dir() for p in root.glob("sub-*")):
-        if pixel_size is not None:
-            raise UserError(
-                f"{root} is a BIDS dataset: pixel sizes come from its JSON sidecars; "
-                "do not pass a pixel size."
-            )
+    if _is_bids(root, pixel_size):
         found = [
             ImageFile(_split_extension(p)[0], p, _bids_pixel_size(root, p, modality))
             for p in _bids_images(root, modality)
@@ -217,6 +207,18 @@ def find_images(
     if dup := sorted({n for n in names if names.count(n) > 1}):
         raise UserError(f"several images share the file stem {', '.join(dup)}; rename them")
     return sorted(found, key=lambda f: f.name)
+
+
+def _is_bids(root: Path, pixel_size: float | None) -> bool:
+    """Whether ``root`` is a BIDS dataset (``derivatives/`` or ``sub-*`` folders); a pixel
+    size given for one is an error (its sidecars hold them)."""
+    bids = (root / "derivatives").is_dir() or any(p.is_dir() for p in root.glob("sub-*"))
+    if bids and pixel_size is not None:
+        raise UserError(
+            f"{root} is a BIDS dataset: pixel sizes come from its JSON sidecars; "
+            "do not pass a pixel size."
+        )
+    return bids
 
 
 def _bids_images(root: Path, modality: str) -> list[Path]:
