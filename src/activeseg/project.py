@@ -51,7 +51,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from activeseg.acquisition import Strategy, get_strategy, select_top_k
+from activeseg.acquisition import PoolScores, Strategy, get_strategy, select_top_k
 from activeseg.config import Config, load_yaml, preset, save_yaml, to_dict, with_overrides
 from activeseg.data.images import IMAGE_SUFFIXES, read_image, read_mask, write_mask_png
 from activeseg.data.patches import Normalizer, PatchSet, resample, resize, tile
@@ -510,18 +510,24 @@ class Project:
         self, model: UNet, windows: PatchSet, strategy: Strategy, seed: int, progress: bool
     ) -> np.ndarray:
         """One score per window; MC statistics chunk by chunk (memory bounded)."""
+        if strategy.committee is not None:
+            raise UserError(f"strategy {strategy.name}: committees are not supported in projects")
         rng = numpy_generator(derive_seed(seed, "strategy"))
         n = len(windows)
-        if not strategy.needs_mc:
-            return strategy.score(None, n, rng).scores
-        chunk = pool_chunk(windows.patch_size)
         ids = np.arange(n)
-        out = []
-        for start in tqdm(range(0, n, chunk), desc="scoring", disable=not progress, leave=False):
-            part = ids[start : start + chunk]
-            stats = self._mc(model, windows.images[part], part, seed, progress)
-            out.append(strategy.score(stats, len(part), rng).scores)
-        return np.concatenate(out)
+        if not strategy.needs_mc:
+            raw = strategy.score(None, n, rng).scores
+        else:
+            chunk = pool_chunk(windows.patch_size)
+            out = []
+            bar = tqdm(range(0, n, chunk), desc="scoring", disable=not progress, leave=False)
+            for start in bar:
+                part = ids[start : start + chunk]
+                stats = self._mc(model, windows.images[part], part, seed, progress)
+                out.append(strategy.score(stats, len(part), rng).scores)
+            raw = np.concatenate(out)
+        pool = PoolScores(ids, raw, np.zeros(0, np.int64), torch.from_numpy(windows.images))
+        return np.asarray(strategy.finalize(pool), dtype=np.float64)
 
     def _write_query(self, query: Query, mean: np.ndarray, std: np.ndarray) -> None:
         """Crop, pre-annotation mask, heatmap overlay and JSON of ``query`` (window-sized
