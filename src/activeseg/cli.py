@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     bench.add_argument("--sem", help="BIDS SEM folder for the AL-iteration benchmark")
 
+    from activeseg import project_cli
+
+    project_cli.add_parsers(sub)
+
     show = sub.add_parser("config", help="print the resolved config of a preset as YAML")
     show.add_argument("--preset", default="cpu")
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -154,9 +158,12 @@ def _show_warning(
 def _run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from activeseg import project_cli
     from activeseg.report import text_summary, write_report
     from activeseg.simulate import simulate
 
+    if args.command in project_cli.COMMANDS:
+        return project_cli.run(args)
     if args.command == "config":
         print(save_yaml(with_overrides(preset(args.preset), parse_assignments(args.set))), end="")
         return 0

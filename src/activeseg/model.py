@@ -254,6 +254,21 @@ class StemCache:
     top_skip: torch.Tensor
 
 
+def seeded_unet(
+    seed: int,
+    depth: int,
+    base_filters: int,
+    dropout: float,
+    out_channels: int = 1,
+    spatial_dims: int = 2,
+) -> UNet:
+    """A freshly initialised U-Net (one input channel) whose initialisation draws from
+    ``seed`` only (the global RNG state is restored afterwards)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet(1, out_channels, depth, base_filters, dropout, spatial_dims)
+
+
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
     """``[B, C, *S]`` logits -> probabilities: sigmoid for C = 1, softmax otherwise."""
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)

@@ -288,14 +288,21 @@ def disk_usage(root: Path) -> tuple[int, int]:
 
 
 def _acquire_lock(path: Path) -> IO[str]:
-    handle = open(path, "a+")  # noqa: SIM115 - held open for the lifetime of the run
+    return acquire_lock(path, "or use another --out")
+
+
+def acquire_lock(path: Path, alternative: str = "") -> IO[str]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed) until the returned handle
+    is closed; the kernel releases it when the process dies. A second holder gets a
+    :class:`UserError` at once (``alternative`` is appended to its advice)."""
+    handle = open(path, "a+")  # noqa: SIM115 - held open while the caller works
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
         handle.close()
         raise UserError(
-            f"{path.parent} is in use by another activeseg process; wait for it to finish "
-            "or use another --out"
+            f"{path.parent} is in use by another activeseg process; wait for it to finish"
+            + (f" {alternative}" if alternative else "")
         ) from exc
     handle.seek(0)
     handle.truncate()

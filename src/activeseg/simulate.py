@@ -42,7 +42,7 @@ from activeseg.metrics import (
     summarize_classes,
     uncertainty_quality,
 )
-from activeseg.model import UNet, output_channels
+from activeseg.model import UNet, output_channels, seeded_unet
 from activeseg.rundir import MapsWriter, RunDirectory, disk_usage
 from activeseg.runtime import Runtime, derive_seed, resolve, torch_generator
 from activeseg.scoring import McStats, mc_statistics
@@ -132,11 +132,9 @@ class UNetLearner:
         """A freshly initialised U-Net; initialisation draws from ``seed`` only (the global
         RNG state is restored afterwards)."""
         m = self.config.model
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            d = self.config.data
-            channels = output_channels(d.num_classes)
-            return UNet(1, channels, m.depth, m.base_filters, m.dropout, d.spatial_dims)
+        d = self.config.data
+        channels = output_channels(d.num_classes)
+        return seeded_unet(seed, m.depth, m.base_filters, m.dropout, channels, d.spatial_dims)
 
     def start(self, weights: dict[str, torch.Tensor] | None = None) -> None:
         """Begin a new sequence of fits (a strategy and repetition): with ``train.init=warm``

@@ -38,7 +38,7 @@ def _check_sample(sample: Sample) -> None:
         )
 
 
-def _interpolate(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear, antialiased when downsampling; ``[H, W]`` → float32 ``shape``."""
     x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
     y = F.interpolate(x, size=shape, mode="bilinear", antialias=True, align_corners=False)
@@ -67,8 +67,8 @@ def resample(sample: Sample, pixel_size: float | None) -> Sample:
     h, w = sample.image.shape
     shape = (max(1, round(h * old / pixel_size)), max(1, round(w * old / pixel_size)))
     with torch.no_grad():
-        image = _interpolate(sample.image, shape)
-        mask = (_interpolate(sample.mask, shape) >= 0.5).astype(np.uint8)
+        image = resize(sample.image, shape)
+        mask = (resize(sample.mask, shape) >= 0.5).astype(np.uint8)
     return dataclasses.replace(sample, image=image, mask=mask, pixel_size=pixel_size)
 
 

@@ -77,12 +77,7 @@ def load_source(
     root = Path(spec).expanduser()
     if not root.is_dir():
         raise UserError(f"data source {spec!r} is not a directory; expected {_LAYOUTS}.")
-    if (root / "derivatives").is_dir() or any(p.is_dir() for p in root.glob("sub-*")):
-        if pixel_size is not None:
-            raise UserError(
-                f"{root} is a BIDS dataset: pixel sizes come from its JSON sidecars; "
-                "do not pass a pixel size."
-            )
+    if _is_bids(root, pixel_size):
         return load_bids(root, modality=modality, label_suffix=label_suffix)
     if (root / "images").is_dir():
         return load_folder(root, pixel_size=pixel_size)
@@ -112,17 +107,7 @@ def load_bids(
     root = Path(root).absolute()
     if not root.is_dir():
         raise UserError(f"BIDS folder not found: {root}")
-    images = sorted(
-        path
-        for pattern in (f"sub-*/micr/*_{modality}.*", f"sub-*/ses-*/micr/*_{modality}.*")
-        for path in root.glob(pattern)
-        if _split_extension(path)[1] in BIDS_IMAGE_SUFFIXES
-    )
-    if not images:
-        raise UserError(
-            f"no {modality} images in {root}: expected files like "
-            f"sub-<id>/micr/sub-<id>_sample-<id>_{modality}.png (check the modality option)."
-        )
+    images = _bids_images(root, modality)
     samples = []
     for image_path in images:
         stem = _split_extension(image_path)[0]
@@ -182,6 +167,74 @@ def load_folder(root: Path, pixel_size: float | None = None, mask_suffix: str = 
             for stem, mask in pairs.items()
         ]
     )
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image file without a mask: ``name`` is the file stem (BIDS: e.g.
+    ``sub-rat1_sample-data1_SEM``), ``pixel_size`` in µm or ``None`` when unknown."""
+
+    name: str
+    path: Path
+    pixel_size: float | None
+
+
+def find_images(
+    spec: Path, *, pixel_size: float | None = None, modality: str = "SEM"
+) -> list[ImageFile]:
+    """The images of a BIDS microscopy dataset (``sub-*/micr/*_<modality>.*``, pixel sizes
+    from the sidecars) or of a plain folder (its image files, else those of its ``images/``
+    subfolder, all of pixel size ``pixel_size``), sorted by name; masks are not looked for.
+
+    Raises:
+        UserError: not a folder, no images, a pixel size given for BIDS, duplicate stems.
+    """
+    root = Path(spec).expanduser().absolute()
+    if not root.is_dir():
+        raise UserError(f"image folder {spec} not found; give a BIDS dataset or a folder of images")
+    if _is_bids(root, pixel_size):
+        found = [
+            ImageFile(_split_extension(p)[0], p, _bids_pixel_size(root, p, modality))
+            for p in _bids_images(root, modality)
+        ]
+    else:
+        folder = root / "images" if (root / "images").is_dir() else root
+        size = None if pixel_size is None else _checked_pixel_size(pixel_size, "pixel size")
+        found = [ImageFile(p.stem, p, size) for p in _image_files(folder)]
+        if not found:
+            raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    names = [f.name for f in found]
+    if dup := sorted({n for n in names if names.count(n) > 1}):
+        raise UserError(f"several images share the file stem {', '.join(dup)}; rename them")
+    return sorted(found, key=lambda f: f.name)
+
+
+def _is_bids(root: Path, pixel_size: float | None) -> bool:
+    """Whether ``root`` is a BIDS dataset (``derivatives/`` or ``sub-*`` folders); a pixel
+    size given for one is an error (its sidecars hold them)."""
+    bids = (root / "derivatives").is_dir() or any(p.is_dir() for p in root.glob("sub-*"))
+    if bids and pixel_size is not None:
+        raise UserError(
+            f"{root} is a BIDS dataset: pixel sizes come from its JSON sidecars; "
+            "do not pass a pixel size."
+        )
+    return bids
+
+
+def _bids_images(root: Path, modality: str) -> list[Path]:
+    """The ``modality`` image files of a BIDS dataset (sorted); raise if there are none."""
+    images = sorted(
+        path
+        for pattern in (f"sub-*/micr/*_{modality}.*", f"sub-*/ses-*/micr/*_{modality}.*")
+        for path in root.glob(pattern)
+        if _split_extension(path)[1] in BIDS_IMAGE_SUFFIXES
+    )
+    if not images:
+        raise UserError(
+            f"no {modality} images in {root}: expected files like "
+            f"sub-<id>/micr/sub-<id>_sample-<id>_{modality}.png (check the modality option)."
+        )
+    return images
 
 
 def _pair_masks(images: dict[str, Path], masks: list[Path], mask_suffix: str) -> dict[str, Path]:

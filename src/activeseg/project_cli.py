@@ -1,0 +1,162 @@
+"""Command line of the annotation project: ``init``, ``train``, ``query``, ``import``,
+``status``, ``predict``. Argument parsing and printing only; the work is in
+:mod:`activeseg.project` and :mod:`activeseg.inference`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from activeseg.config import PRESETS, parse_assignments
+
+if TYPE_CHECKING:  # importing the project module loads torch: only when a command runs
+    from activeseg.project import Status
+
+COMMANDS = ("init", "train", "query", "import", "status", "predict")
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the project subcommands to the ``activeseg`` parser."""
+    init = sub.add_parser("init", help="create an annotation project from your images")
+    init.add_argument("project", type=Path, metavar="PROJECT", help="new project folder")
+    init.add_argument("--images", type=Path, required=True, help="BIDS dataset or image folder")
+    init.add_argument("--masks", type=Path, help="folder of whole-image masks you already have")
+    init.add_argument("--pixel-size", type=float, help="µm per pixel of a plain folder's images")
+    init.add_argument("--preset", default="cpu", help=f"one of {', '.join(PRESETS)} (default cpu)")
+    init.add_argument(
+        "--holdout",
+        default="",
+        metavar="NAME[,NAME]",
+        help="labelled images kept for validation only (their Dice is what `status` reports)",
+    )
+    init.add_argument("--strategy", default="std_edt", help="query strategy (default std_edt)")
+    init.add_argument("--mask-suffix", help="of your mask files (default _seg-myelin-manual)")
+    init.add_argument("--seed", type=int, help="run seed (default: the preset's)")
+    init.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    train = sub.add_parser("train", help="train the project's model on what is annotated")
+    train.add_argument("project", type=Path, metavar="PROJECT")
+    train.add_argument("--force", action="store_true", help="retrain even if up to date")
+    train.add_argument("--quiet", action="store_true")
+
+    query = sub.add_parser("query", help="write the most informative regions to to_annotate/")
+    query.add_argument("project", type=Path, metavar="PROJECT")
+    query.add_argument("-k", type=int, help="number of regions (default 4)")
+    query.add_argument("--strategy", help="override the project's strategy for this query")
+    query.add_argument("--quiet", action="store_true")
+
+    imp = sub.add_parser("import", help="store the corrected masks found in to_annotate/")
+    imp.add_argument("project", type=Path, metavar="PROJECT")
+    imp.add_argument("--from", dest="source", type=Path, help="folder (default to_annotate/)")
+    imp.add_argument("--suffix", help="mask file suffix (default: the project's)")
+
+    status = sub.add_parser("status", help="annotated regions, validation Dice, next gain")
+    status.add_argument("project", type=Path, metavar="PROJECT")
+
+    pred = sub.add_parser("predict", help="segment whole images with the project's model")
+    pred.add_argument("project", type=Path, metavar="PROJECT")
+    pred.add_argument("images", type=Path, nargs="+", metavar="IMAGES", help="files or folders")
+    pred.add_argument("--out", type=Path, required=True, help="output folder")
+    pred.add_argument("--uncertainty", action="store_true", help="also <stem>_uncertainty.tif")
+    pred.add_argument("--pixel-size", type=float, help="µm per pixel of the images")
+    pred.add_argument("--overlap", type=float, default=0.25, help="window overlap (default 0.25)")
+    pred.add_argument("--quiet", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a project subcommand; returns the exit code (2 if an import rejected a file)."""
+    from activeseg.project import DEFAULT_K, MASK_SUFFIX, Project, init_project
+
+    if args.command == "init":
+        sets = parse_assignments(args.set)
+        if args.seed is not None:
+            sets["loop.seed"] = str(args.seed)
+        holdout = [n.strip() for n in args.holdout.split(",") if n.strip()]
+        init_project(
+            args.project,
+            args.images,
+            masks=args.masks,
+            pixel_size=args.pixel_size,
+            preset_name=args.preset,
+            overrides=sets,
+            holdout=holdout,
+            mask_suffix=args.mask_suffix or MASK_SUFFIX,
+            strategy=args.strategy,
+            log=print,
+        )
+        print(_status_text(Project(args.project).status()))
+        return 0
+    project = Project(args.project)
+    if args.command == "train":
+        trained = project.train(progress=not args.quiet, force=args.force)
+        if trained is None:
+            print("the model is up to date (trained on every annotated region); --force retrains")
+        print(_status_text(project.status()))
+    elif args.command == "query":
+        k = DEFAULT_K if args.k is None else args.k
+        queries = project.query(k, args.strategy, progress=not args.quiet)
+        for q in queries:
+            r = q.region
+            print(f"{q.id}: {r.image} rows {r.row}-{r.row + r.height} cols {r.col}-"
+                  f"{r.col + r.width}, score {q.score:.4g}")  # fmt: skip
+        print(
+            f"annotate them in {project.to_annotate}: save each corrected mask as "
+            f"<id>{project.settings.mask_suffix}.png next to <id>.png, then run "
+            f"`activeseg import {args.project}`"
+        )
+    elif args.command == "import":
+        result = project.import_masks(args.source, args.suffix)
+        print(f"imported {len(result.imported)} mask(s); {len(result.waiting)} region(s) wait")
+        for path, reason in result.rejected:
+            print(f"activeseg: error: rejected {path}: {reason}", file=sys.stderr)
+        if result.rejected:
+            return 2
+    elif args.command == "status":
+        print(_status_text(project.status()))
+    elif args.command == "predict":
+        from activeseg.inference import predict_images
+
+        written = predict_images(
+            project,
+            args.images,
+            args.out,
+            uncertainty=args.uncertainty,
+            pixel_size=args.pixel_size,
+            overlap=args.overlap,
+            progress=not args.quiet,
+        )
+        print(f"wrote {len(written)} mask(s) to {args.out}")
+    return 0
+
+
+def _status_text(s: Status) -> str:
+    lines = [
+        f"images: {s.n_images} ({s.n_holdout} held out for validation)",
+        f"annotated regions: {s.n_annotated}; waiting for annotation: {s.n_pending}",
+    ]
+    if s.rounds:
+        last = s.rounds[-1]
+        dice = "n/a (no held-out image)" if last.val_dice is None else f"{last.val_dice:.3f}"
+        lines.append(
+            f"model: round {last.round}, {last.n_patches} patches, held-out Dice {dice}"
+            + ("" if s.up_to_date else " (older than the annotations: run train or query)")
+        )
+        curve = ", ".join(
+            f"{r.n_patches}:{r.val_dice:.3f}" for r in s.rounds if r.val_dice is not None
+        )
+        if curve:
+            lines.append(f"learning curve (patches:Dice): {curve}")
+    else:
+        lines.append("model: not trained yet (run `activeseg query` or `activeseg train`)")
+    if s.pre_dice is not None:
+        lines.append(f"Dice of the pre-annotations you corrected: {s.pre_dice:.3f}")
+    if s.gain is None:
+        lines.append("next round: benefit unknown until two rounds are trained on a held-out set")
+    else:
+        lines.append(
+            f"next round (+{s.next_k} regions): estimated held-out Dice gain +{s.gain:.3f} "
+            "(log-linear fit of the learning curve)"
+        )
+    return "\n".join(lines)
