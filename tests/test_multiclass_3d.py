@@ -158,6 +158,7 @@ def test_3d_settings_are_checked() -> None:
         ({"scoring.test_uncertainty": True}, "test_uncertainty .* binary"),
         ({"data.clip": "5,1"}, "data.clip must be"),
         ({"data.spatial_dims": 4}, "spatial_dims must be 2 or 3"),
+        ({"loop.strategies": "random,svgd_mi"}, "committee strategies .* binary"),
     ]:
         with pytest.raises(UserError, match=match):
             validate(with_overrides(base, overrides))

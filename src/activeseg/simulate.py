@@ -456,6 +456,12 @@ def _volume_checks(config: Config) -> list[tuple[bool, str]]:
             f"loop.query_size ({config.loop.query_size}) for max_cover",
         ),
         (config.scoring.cover_candidates >= 1, "scoring.cover_candidates must be >= 1"),
+        (
+            d.num_classes == 2
+            or not any(get_strategy(n).committee for n in config.loop.strategies),
+            "committee strategies (ensemble, svgd, svgd_mi, <name>@<committee>) train binary "
+            "U-Nets only; for data.num_classes > 2 use MC-dropout strategies (e.g. entropy, jsd)",
+        ),
     ]
 
 
