@@ -228,17 +228,6 @@ def evaluate(
     return summarize_classes(class_confusion_counts(model, images, masks, runtime, threshold))
 
 
-def confusion_counts(
-    model: nn.Module,
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    runtime: Runtime,
-    threshold: float = 0.5,
-) -> torch.Tensor:
-    """Per-patch (tp, fp, tn, fn) counts ``[N, 4]`` of the thresholded prediction (binary)."""
-    return class_confusion_counts(model, images, masks, runtime, threshold)[:, 0]
-
-
 def class_confusion_counts(
     model: nn.Module,
     images: torch.Tensor,
