@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +18,9 @@ from activeseg.config import Config, TrainConfig, preset, with_overrides
 from activeseg.data.patches import Normalizer, split_by_source, tile
 from activeseg.data.phantom import make_phantom
 from activeseg.model import UNet
+from activeseg.rundir import read_records
 from activeseg.runtime import Runtime, resolve, torch_generator
+from activeseg.simulate import simulate
 from activeseg.train import FitResult, fit
 
 PATCH = 32  # tiny-phantom patch side, pixels
@@ -136,3 +140,23 @@ TINY_OVERRIDES: dict[str, object] = {
 def tiny_config() -> Config:
     """The demo preset cut to ~2 s per run: 2 strategies x 2 repetitions x 3 trainings."""
     return with_overrides(preset("demo"), TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny config simulated in this process, one run after the other (about 2 s), the
+    reference of the grid executors; tests only read it."""
+    out = tmp_path_factory.mktemp("grid") / "sequential"
+    return simulate(tiny_config, out, progress=False, log=lambda line: None)
+
+
+def run_records(run: Path) -> dict[str, list[dict[str, Any]]]:
+    """The records of every ``*.jsonl`` file of ``run`` without wall-clock timings, in
+    (repetition, iteration) order: what must not depend on where the runs executed."""
+    return {
+        path.name: sorted(
+            ({k: v for k, v in r.items() if k != "seconds"} for r in read_records(path)),
+            key=lambda r: (r["repetition"], r.get("iteration", 0)),
+        )
+        for path in sorted(run.glob("*.jsonl"))
+    }

@@ -67,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
         help="also train once per repetition on the whole pool (default: the preset's, on)",
     )
     sim.add_argument("--quiet", action="store_true", help="no progress output")
+    scale = sim.add_argument_group("scaling (changes no result at equal --cpus-per-run)")
+    scale.add_argument("--workers", type=int, default=1, help="local processes running runs")
+    scale.add_argument(
+        "--ray", metavar="auto|ADDRESS", help="run the runs as Ray tasks (activeseg[ray])"
+    )
+    scale.add_argument("--cpus-per-run", type=int, help="torch threads (and Ray CPUs) per run")
+    scale.add_argument("--gpus-per-run", type=float, help="GPUs a Ray task requests")
+    scale.add_argument("--shards", type=int, default=1, help="Ray actors scoring each pool")
 
     demo = sub.add_parser("demo", help="short simulation on the built-in synthetic phantom")
     demo.add_argument("--out", type=Path, default=Path("activeseg-demo"))
@@ -159,6 +167,7 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from activeseg import project_cli
+    from activeseg.grid import Execution
     from activeseg.report import text_summary, write_report
     from activeseg.simulate import simulate
 
@@ -174,12 +183,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "report":
         print(f"report: {write_report(args.run_dir, args.out, args.minutes_per_axon).resolve()}")
         return 0
+    execution = Execution()
     if args.command == "demo":
         config, resume = preset("demo"), (args.out / "config.yaml").exists()
     else:
         config, resume = simulate_config(args), args.resume
+        execution = Execution(
+            args.workers, args.ray, args.cpus_per_run, args.gpus_per_run, args.shards
+        )
     log = (lambda line: None) if args.quiet else tqdm.write
-    out = simulate(config, args.out, resume=resume, progress=not args.quiet, log=log)
+    out = simulate(
+        config, args.out, resume=resume, progress=not args.quiet, log=log, execution=execution
+    )
     print(text_summary(out))
     print(f"results: {out.resolve()}")
     print(f"report: {write_report(out).resolve()}")

@@ -62,6 +62,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 class RunDirectory:
     """A run directory opened for writing (holds its lock until :meth:`close`)."""
 
+    _lock: IO[str] | None
+
     def __init__(self, root: Path, config: Config, resume: bool) -> None:
         self.root = root
         try:
@@ -101,8 +103,23 @@ class RunDirectory:
         else:
             atomic_write_text(path, save_yaml(config))
 
+    @classmethod
+    def attach(cls, root: Path) -> RunDirectory:
+        """The run directory ``root`` whose lock another process holds (the grid's driver,
+        whose runs each write their own record, checkpoint and maps files here): no lock,
+        no check, no clean-up."""
+        if not (root / "config.yaml").exists():
+            raise UserError(
+                f"{root} holds no run (no config.yaml) on this machine: a grid's workers "
+                "must see its --out; on a multi-node cluster put it on a shared file system"
+            )
+        run = cls.__new__(cls)
+        run.root, run._lock = root, None
+        return run
+
     def close(self) -> None:
-        self._lock.close()
+        if self._lock is not None:
+            self._lock.close()
 
     def __enter__(self) -> RunDirectory:
         return self

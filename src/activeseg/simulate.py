@@ -8,20 +8,28 @@ into :func:`activeseg.loop.run`.
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from activeseg import loop
-from activeseg.acquisition import COMMITTEE_KINDS, EDT_MODES, get_selection, get_strategy
+from activeseg.acquisition import (
+    COMMITTEE_KINDS,
+    EDT_MODES,
+    Strategy,
+    get_selection,
+    get_strategy,
+)
 from activeseg.committee import (
     SvgdResult,
     committee_dice,
@@ -35,6 +43,7 @@ from activeseg.data.patches import Normalizer, PatchSet, Split, resample, split_
 from activeseg.data.sources import load_source
 from activeseg.data.volumes import load_volumes, prepare_volume, volume_patches
 from activeseg.errors import TrainingDiverged, UserError
+from activeseg.grid import Execution, make_executor
 from activeseg.metrics import (
     confusion,
     per_item_dice,
@@ -43,7 +52,7 @@ from activeseg.metrics import (
     uncertainty_quality,
 )
 from activeseg.model import UNet, output_channels, seeded_unet
-from activeseg.rundir import MapsWriter, RunDirectory, disk_usage
+from activeseg.rundir import MapsWriter, RunDirectory, disk_usage, remove_temporaries
 from activeseg.runtime import Runtime, derive_seed, resolve, torch_generator
 from activeseg.scoring import McStats, mc_statistics
 from activeseg.train import INITS, LOSSES, FitResult, class_confusion_counts, fit
@@ -101,9 +110,19 @@ def _image_patches(cfg: DataConfig) -> PatchSet:
     return tile([resample(s, cfg.pixel_size) for s in samples], cfg.patch_size)
 
 
+class Scorer(Protocol):
+    """Scores patches elsewhere (e.g. :class:`activeseg.shards.ShardedScorer`): receives
+    each trained model once, then MC statistics of any patch ids of the prepared images."""
+
+    def set_model(self, model: UNet) -> None: ...
+
+    def statistics(self, ids: Any, samples: int, batch: int, seed: int) -> McStats: ...
+
+
 class UNetLearner:
     """The :class:`activeseg.loop.Learner` of the simulation: a U-Net trained from scratch
-    on the labelled patches, evaluated on the fixed test split, scored by MC dropout.
+    on the labelled patches, evaluated on the fixed test split, scored by MC dropout (in
+    this process, or by ``scorer`` with the same result).
 
     With ``scoring.test_uncertainty`` the evaluation also runs MC dropout on the test patches
     (seeded from the training seed) and records ``test_uncertainty_auroc``, ``test_ece`` and
@@ -114,11 +133,19 @@ class UNetLearner:
     from scratch.
     """
 
-    def __init__(self, data: Prepared, config: Config, runtime: Runtime, progress: bool) -> None:
+    def __init__(
+        self,
+        data: Prepared,
+        config: Config,
+        runtime: Runtime,
+        progress: bool,
+        scorer: Scorer | None = None,
+    ) -> None:
         self.data = data
         self.config = config
         self.runtime = runtime
         self.progress = progress
+        self.scorer = scorer
         self.model: UNet | None = None
         self._seed = 0  # the seed of the latest fit()
         self.warm_from: dict[str, torch.Tensor] | None = None  # weights the next fit() tunes
@@ -161,6 +188,8 @@ class UNetLearner:
         )
         if cfg.init == "warm":
             self.warm_from = copy.deepcopy(self.model.state_dict())
+        if self.scorer is not None:
+            self.scorer.set_model(self.model)
         return {"init": "warm" if warm else "scratch", **_fit_info(result)}
 
     def trained_model(self) -> UNet:
@@ -196,6 +225,8 @@ class UNetLearner:
 
     def statistics(self, ids: np.ndarray, seed: int) -> McStats:
         s = self.config.scoring
+        if self.scorer is not None:
+            return self.scorer.statistics(ids, s.mc_samples, s.mc_batch, seed)
         return mc_statistics(
             self.trained_model(),
             self.data.images[ids],
@@ -313,11 +344,17 @@ def _fit_info(result: FitResult | SvgdResult) -> dict[str, Any]:
 
 
 def make_learner(
-    kind: str | None, data: Prepared, config: Config, runtime: Runtime, progress: bool
+    kind: str | None,
+    data: Prepared,
+    config: Config,
+    runtime: Runtime,
+    progress: bool,
+    scorer: Scorer | None = None,
 ) -> UNetLearner:
-    """The learner of a strategy's ``committee``: one U-Net with MC dropout for ``None``."""
+    """The learner of a strategy's ``committee``: one U-Net with MC dropout for ``None``
+    (scored by ``scorer`` if given; committees score their members in this process)."""
     if kind is None:
-        return UNetLearner(data, config, runtime, progress)
+        return UNetLearner(data, config, runtime, progress, scorer)
     return CommitteeLearner(data, config, runtime, progress, kind)
 
 
@@ -465,24 +502,48 @@ def _volume_checks(config: Config) -> list[tuple[bool, str]]:
     ]
 
 
+@dataclass(frozen=True)
+class GridTask:
+    """One independent unit of a simulation: the iterations of ``strategy`` in repetition
+    ``repetition`` not yet recorded in the run directory ``out`` (``strategy`` ``None``:
+    the repetition's upper bound). Picklable, to run in another process or on a Ray node."""
+
+    config: Config
+    out: Path
+    repetition: int
+    strategy: str | None
+    shards: int = 1
+    quiet: bool = True
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What a finished task did: ``trainings`` it ran; the upper-bound record, for the
+    caller to store (its runs write their own records)."""
+
+    task: GridTask
+    trainings: int
+    upper_bound: dict[str, Any] | None = None
+
+
 def simulate(
     config: Config,
     out: Path,
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = tqdm.write,
+    execution: Execution | None = None,
 ) -> Path:
-    """Run (or resume) the simulation of ``config`` into the run directory ``out``."""
+    """Run (or resume) the simulation of ``config`` into the run directory ``out``.
+
+    The (strategy x repetition) runs and the upper bounds not yet finished are
+    :class:`GridTask` s, executed as ``execution`` says (default: one after the other in
+    this process; see :mod:`activeseg.grid`). Runs write their records, checkpoints and maps
+    themselves; this process holds the directory's lock and stores the upper bounds."""
     validate(config)
+    execution = execution or Execution()
     runtime = resolve(config.train.device, config.train.precision)
-    strategies = [
-        get_strategy(
-            n, config.scoring.edt, config.scoring.threshold, config.scoring.cover_candidates
-        )
-        for n in config.loop.strategies
-    ]
     lc = config.loop
-    select = get_selection(lc.selection, lc.stochastic_groups)
     data = prepare(config.data)  # before the run directory: bad data must not leave a run
     needed = lc.query_size if lc.pool_policy == "keep" else lc.iterations * lc.query_size
     if needed > len(data.split.pool):
@@ -498,79 +559,173 @@ def simulate(
             f"val {len(data.split.val)}, test {len(data.split.test)}; device {runtime.device}"
             f"{' bf16' if runtime.bf16 else ''}"
         )
-        learners = {
-            kind: make_learner(kind, data, config, runtime, progress)
-            for kind in [None, *sorted({s.committee for s in strategies if s.committee})]
-        }
-        learner = learners[None]
-        oracle = SimulatedOracle(data.masks)
-        total = lc.repetitions * len(strategies) * (lc.iterations + 1)
-        bar = tqdm(total=total, desc="iterations", disable=not progress, unit="it")
-        for rep in range(lc.repetitions):
-            seed = derive_seed(lc.seed, rep)
-            if lc.upper_bound and rep not in run.upper_bound_repetitions():
-                _upper_bound(run, learner, oracle, rep, seed, log)
-            for strategy in strategies:
-                records = run.records(strategy.name, rep)
-                bar.update(len(records))
-                if len(records) == lc.iterations + 1:
-                    continue
-                state = loop.resume_state(
-                    data.split.initial.tolist(), data.split.pool.tolist(), records, lc.pool_policy
-                )
-                active = learners[strategy.committee]
-                warm = strategy.committee is None  # committees always train from scratch
-                active.start(
-                    _warm_weights(run, config, strategy.name, rep, len(records)) if warm else None
-                )
-                sink = _MapsSink(run, strategy.name, rep, lc.save_maps)
+        tasks, done = pending_tasks(run, config, execution.shards, quiet=not progress)
+        total = lc.repetitions * (len(lc.strategies) * (lc.iterations + 1) + lc.upper_bound)
+        bar = tqdm(total=total, initial=done, desc="trainings", disable=not progress, unit="it")
+        executor = make_executor(execution, config.train.device)
+        in_process = execution.workers == 1 and execution.ray is None
 
-                def persist(
-                    it: loop.Iteration,
-                    rep: int = rep,
-                    seed: int = seed,
-                    sink: _MapsSink = sink,
-                    active: UNetLearner = active,
-                ) -> None:
-                    sink.commit()
-                    _persist(run, active, config, it, rep, seed)
-                    r = it.record
-                    log(
-                        f"{r['strategy']:>8} rep {rep} it {r['iteration']:2d}: "
-                        f"{r['n_labelled']:3d} labelled, test dice {r['test_dice']:.3f} "
-                        f"(train {r['seconds']['train']:.1f}s, score {r['seconds']['score']:.1f}s)"
-                    )
-                    bar.update()
+        def tick(line: str) -> None:  # in this process, the bar moves with each iteration
+            log(line)
+            bar.update()
 
-                try:
-                    loop.run(
-                        active,
-                        oracle,
-                        strategy,
-                        state,
-                        lc.iterations,
-                        lc.query_size,
-                        seed,
-                        start=len(records),
-                        on_iteration=persist,
-                        chunk=pool_chunk(config.data.patch_size),
-                        on_chunk=sink,
-                        select=select,
-                        images=data.images,
-                    )
-                except TrainingDiverged as exc:
-                    done = len(run.records(strategy.name, rep))
-                    raise TrainingDiverged(
-                        f"{strategy.name} repetition {rep} iteration {done}: {exc}. The "
-                        f"finished iterations stay in {out}; a run holds one config, so "
-                        "start a new --out with the lower train.lr"
-                    ) from exc
-                finally:
-                    sink.discard()
+        work = (
+            functools.partial(execute_task, log=tick, progress=progress, data=data)
+            if in_process
+            else execute_task
+        )
+        for result in executor.run(work, tasks):
+            if result.upper_bound is not None:
+                run.append_upper_bound(result.upper_bound)
+                r = result.upper_bound
+                log(
+                    f"upper bound rep {r['repetition']}: {r['n_labelled']} labelled, "
+                    f"test dice {r['test_dice']:.3f}"
+                )
+            if not in_process or result.upper_bound is not None:
+                bar.update(result.trainings)
         bar.close()
+        remove_temporaries(out)  # of workers killed mid-write and retried; none is writing now
         size, files = disk_usage(out)
         log(f"run directory {out}: {size / 1e6:.1f} MB in {files} files")
     return out
+
+
+def pending_tasks(
+    run: RunDirectory, config: Config, shards: int = 1, quiet: bool = True
+) -> tuple[list[GridTask], int]:
+    """The unfinished tasks of ``run`` in the sequential order (per repetition: upper bound,
+    then the strategies), and the number of trainings already recorded."""
+    lc = config.loop
+    tasks, done = [], 0
+    upper_done = run.upper_bound_repetitions()
+    for rep in range(lc.repetitions):
+        if lc.upper_bound and rep not in upper_done:
+            tasks.append(GridTask(config, run.root, rep, None, shards, quiet))
+        done += lc.upper_bound and rep in upper_done
+        for name in lc.strategies:
+            n = len(run.records(name, rep))
+            done += n
+            if n < lc.iterations + 1:
+                tasks.append(GridTask(config, run.root, rep, name, shards, quiet))
+    return tasks, done
+
+
+_PREPARED: dict[tuple[DataConfig, Path], Prepared] = {}
+"""The data of the latest grid this worker process ran tasks of (it runs many)."""
+
+
+def _log_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def execute_task(
+    task: GridTask,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+    data: Prepared | None = None,
+) -> TaskResult:
+    """Run one :class:`GridTask` in this process (any process that sees the run directory
+    ``task.out``; its lock is held by the :func:`simulate` that made the task). Logs a line
+    per iteration to ``log`` (default: stderr unless ``task.quiet``); ``data``: the prepared
+    data (default: prepared here, once per grid and process)."""
+    if log is None:
+        log = (lambda line: None) if task.quiet else _log_to_stderr
+    config, rep = task.config, task.repetition
+    if data is None:
+        key = (config.data, task.out)
+        if key not in _PREPARED:
+            _PREPARED.clear()
+            _PREPARED[key] = prepare(config.data)
+        data = _PREPARED[key]
+    runtime = resolve(config.train.device, config.train.precision)
+    s = config.scoring
+    strategy = (
+        None
+        if task.strategy is None
+        else get_strategy(task.strategy, s.edt, s.threshold, s.cover_candidates)
+    )
+    committee = None if strategy is None else strategy.committee
+    scorer = None
+    if task.shards > 1 and committee is None:
+        from activeseg.shards import ShardedScorer
+
+        scorer = ShardedScorer(data.images, task.shards, runtime)
+    try:
+        learner = make_learner(committee, data, config, runtime, progress, scorer)
+        oracle = SimulatedOracle(data.masks)
+        seed = derive_seed(config.loop.seed, rep)
+        if strategy is None:
+            return TaskResult(task, 1, upper_bound_record(learner, oracle, rep, seed))
+        run = RunDirectory.attach(task.out)
+        trainings = run_strategy(run, learner, oracle, strategy, rep, seed, log)
+        return TaskResult(task, trainings)
+    finally:
+        if scorer is not None:
+            scorer.close()
+
+
+def run_strategy(
+    run: RunDirectory,
+    learner: UNetLearner,
+    oracle: SimulatedOracle,
+    strategy: Strategy,
+    rep: int,
+    seed: int,
+    log: Callable[[str], None],
+) -> int:
+    """Continue ``strategy`` in repetition ``rep`` from its records to the end with
+    ``learner`` (of the strategy's committee); returns the number of iterations run."""
+    config = learner.config
+    lc = config.loop
+    name = strategy.name
+    records = run.records(name, rep)
+    state = loop.resume_state(
+        learner.data.split.initial.tolist(),
+        learner.data.split.pool.tolist(),
+        records,
+        lc.pool_policy,
+    )
+    warm = strategy.committee is None  # committees always train from scratch
+    learner.start(_warm_weights(run, config, name, rep, len(records)) if warm else None)
+    sink = _MapsSink(run, name, rep, lc.save_maps)
+
+    def persist(it: loop.Iteration) -> None:
+        sink.commit()
+        _persist(run, learner, config, it, rep, seed)
+        r = it.record
+        log(
+            f"{r['strategy']:>8} rep {rep} it {r['iteration']:2d}: "
+            f"{r['n_labelled']:3d} labelled, test dice {r['test_dice']:.3f} "
+            f"(train {r['seconds']['train']:.1f}s, score {r['seconds']['score']:.1f}s)"
+        )
+
+    try:
+        loop.run(
+            learner,
+            oracle,
+            strategy,
+            state,
+            lc.iterations,
+            lc.query_size,
+            seed,
+            start=len(records),
+            on_iteration=persist,
+            chunk=pool_chunk(config.data.patch_size),
+            on_chunk=sink,
+            select=get_selection(lc.selection, lc.stochastic_groups),
+            images=learner.data.images,
+        )
+    except TrainingDiverged as exc:
+        done = len(run.records(name, rep))
+        raise TrainingDiverged(
+            f"{name} repetition {rep} iteration {done}: {exc}. The finished iterations "
+            f"stay in {run.root}; a run holds one config, so start a new --out with the "
+            "lower train.lr"
+        ) from exc
+    finally:
+        sink.discard()
+    return lc.iterations + 1 - len(records)
 
 
 MAPS_CHUNK_BYTES = 16 * 2**20
@@ -618,15 +773,10 @@ class _MapsSink:
             self.writer = None
 
 
-def _upper_bound(
-    run: RunDirectory,
-    learner: UNetLearner,
-    oracle: SimulatedOracle,
-    rep: int,
-    seed: int,
-    log: Callable[[str], None],
-) -> None:
-    """Train once on every training patch (initial + pool), evaluate, store the record."""
+def upper_bound_record(
+    learner: UNetLearner, oracle: SimulatedOracle, rep: int, seed: int
+) -> dict[str, Any]:
+    """Train once on every training patch (initial + pool) and evaluate: the record."""
     ids = learner.data.split.train
     learner.start(None)
     t0 = time.perf_counter()
@@ -635,8 +785,7 @@ def _upper_bound(
     metrics = learner.evaluate()
     seconds = {"train": t1 - t0, "eval": time.perf_counter() - t1}
     record = {"repetition": rep, "seed": seed, "n_labelled": len(ids), **metrics, **info}
-    run.append_upper_bound({**record, "seconds": seconds})
-    log(f"upper bound rep {rep}: {len(ids)} labelled, test dice {metrics['test_dice']:.3f}")
+    return {**record, "torch_threads": torch.get_num_threads(), "seconds": seconds}
 
 
 def _warm_weights(
@@ -680,4 +829,7 @@ def _persist(
             },
         },
     )
-    run.append_record(name, rep, {"repetition": rep, "seed": seed, **it.record})
+    threads = torch.get_num_threads()  # results depend on it in the last bits (activeseg.grid)
+    run.append_record(
+        name, rep, {"repetition": rep, "seed": seed, "torch_threads": threads, **it.record}
+    )
