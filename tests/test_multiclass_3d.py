@@ -221,3 +221,29 @@ def test_a_3d_multiclass_simulation_records_per_class_metrics(tmp_path: Path) ->
         assert np.isfinite(records[0]["selected_scores"]).all()
     # max_cover ranks its 3 candidates 3, 2, 1: the first greedy choice scores 3
     assert [r["selected_scores"] for r in records[:2]] == [[3.0], [3.0]]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_saved_maps_hold_the_foreground_probability(tmp_path: Path, channels: int) -> None:
+    """One sigmoid channel is p(foreground) as it is; of softmax channels, 0 is the
+    background, so the maps hold 1 - p(background) (any foreground class) and its std."""
+    from activeseg.acquisition import Scores
+    from activeseg.loop import Chunk
+    from activeseg.rundir import RunDirectory
+    from activeseg.scoring import McStats
+    from activeseg.simulate import _MapsSink
+
+    g = torch.Generator().manual_seed(0)
+    mean = torch.softmax(torch.randn(2, channels, 4, 4, 4, generator=g), 1)
+    if channels == 1:
+        mean = torch.sigmoid(mean)
+    std = torch.rand(2, channels, 4, 4, 4, generator=g) * 0.1
+    chunk = Chunk(0, 2, np.array([5, 7]), Scores(np.ones(2), std[:, 0]), McStats(mean, std, 4))
+    with RunDirectory(tmp_path / "run", preset("demo"), resume=False) as run:
+        sink = _MapsSink(run, "entropy", 0, enabled=True)
+        sink(chunk)
+        sink.commit()
+        saved = np.load(run.maps_path("entropy", 0, 0))
+    expected = mean[:, 0] if channels == 1 else 1.0 - mean[:, 0]
+    np.testing.assert_allclose(saved["mean"], expected.half().numpy())
+    np.testing.assert_allclose(saved["std"], std[:, 0].half().numpy())

@@ -741,7 +741,8 @@ def pool_chunk(patch_size: int) -> int:
 
 class _MapsSink:
     """Receives the scored chunks of one strategy and repetition and streams their maps
-    (ranking ``map``, MC ``std`` and ``mean``, float16) to the iteration's ``maps/`` file;
+    (ranking ``map``, MC ``mean`` and ``std`` of the foreground probability, float16; for
+    multi-class models of any foreground class) to the iteration's ``maps/`` file;
     :meth:`commit` puts the file in place. Nothing is written with ``enabled`` false or for
     a strategy without maps."""
 
@@ -758,7 +759,10 @@ class _MapsSink:
             )
         maps = {"map": chunk.scores.maps}
         if chunk.stats is not None:
-            maps.update(std=chunk.stats.std[:, 0], mean=chunk.stats.mean[:, 0])
+            mean, std = chunk.stats.mean[:, 0], chunk.stats.std[:, 0]
+            if chunk.stats.mean.shape[1] > 1:  # softmax: channel 0 is the background
+                mean = 1.0 - mean  # p(any foreground class); its std is the background's
+            maps.update(std=std, mean=mean)
         arrays = {k: v.half().numpy() for k, v in maps.items()}
         self.writer.add(chunk.ids, chunk.scores.scores, **arrays)
 

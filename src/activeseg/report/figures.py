@@ -203,7 +203,7 @@ def maps_figure(strategy: str, repetition: int, panels: Sequence[MapPanel]) -> F
             f"score {p.score:.4g}",
             fontsize="small",
         )
-    units = ["p(myelin)", "std of p(myelin) over MC samples", "per-pixel score"]
+    units = ["p(foreground)", "std of p(foreground) over samples", "per-pixel score"]
     for col, name in enumerate(columns):
         axes[0, col].set_title(name, fontsize="medium", loc="left")
         if col >= len(columns) - 3:
