@@ -789,9 +789,7 @@ def init_project(
     return Project(root)
 
 
-def _copy_image(
-    root: Path, f: ImageFile, holdout: bool, pixel_size: float | None
-) -> ProjectImage:
+def _copy_image(root: Path, f: ImageFile, holdout: bool, pixel_size: float | None) -> ProjectImage:
     """Copy ``f`` into ``root/images/`` and measure its normaliser at ``pixel_size``."""
     name = f"images/{f.name}{''.join(f.path.suffixes[-1:]).lower()}"
     atomic_write_bytes(root / name, f.path.read_bytes())
