@@ -19,6 +19,7 @@ from activeseg.committee import (
     flat_parameters,
     median_bandwidth,
     member_probabilities,
+    set_gradients,
     svgd_direction,
 )
 from activeseg.config import TrainConfig
@@ -210,3 +211,19 @@ def test_svgd_committee_reaches_the_ensemble_dice_and_its_members_differ(
     assert ensemble_dice > 0.8
     assert svgd_dice >= ensemble_dice - 0.02
     assert spread > 0.005
+
+
+def test_gradients_are_written_in_each_parameters_memory_layout() -> None:
+    """Fused Adam reads a grad in its parameter's layout: a contiguous grad of a
+    channels-last weight trained the SVGD committee on scrambled gradients (test Dice 0.93
+    instead of 0.98 in the committee test above)."""
+    model = make_unet(seed=0).to(memory_format=torch.channels_last)
+    flat = torch.arange(float(flat_parameters(model).numel()), dtype=torch.float64)
+    set_gradients(model, flat)
+    offset = 0
+    for p in model.parameters():
+        assert p.grad is not None and p.grad.stride() == p.stride()
+        expected = flat[offset : offset + p.numel()].view_as(p).float()
+        torch.testing.assert_close(p.grad, expected)
+        offset += p.numel()
+    assert any(p.ndim == 4 and not p.is_contiguous() for p in model.parameters())

@@ -11,6 +11,8 @@ from conftest import Phantom, Trained, make_unet
 from torch import nn
 
 from activeseg.model import (
+    BatchNorm2d,
+    BatchNorm3d,
     MCDropout,
     UNet,
     dropout_modules,
@@ -242,3 +244,33 @@ def test_the_top_block_tail_and_output_layer_run_in_fp32_under_autocast() -> Non
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         model(batch())
     assert seen == {"inner": torch.bfloat16, "tail": torch.float32, "head": torch.float32}
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape", "fmt"),
+    [
+        (BatchNorm2d, (4, 8, 16, 16), torch.channels_last),
+        (BatchNorm2d, (4, 32, 8, 8), torch.channels_last),
+        (BatchNorm3d, (2, 4, 8, 8, 8), torch.channels_last_3d),
+    ],
+)
+def test_batchnorm_layout_switch_changes_neither_values_nor_gradients_nor_layout(
+    layer: type[nn.Module], shape: tuple[int, ...], fmt: torch.memory_format
+) -> None:
+    """Narrow channels-last inputs train through the contiguous layout (faster backward);
+    the result must be torch's BatchNorm in value, gradients, running statistics and
+    memory format."""
+    ours = layer(shape[1]).train()
+    theirs = (nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm3d)(shape[1]).train()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(shape).contiguous(memory_format=fmt)
+    g = torch.randn(shape).contiguous(memory_format=fmt)
+    outs = []
+    for bn in (ours, theirs):
+        xi = x.clone().requires_grad_(True)
+        y = bn(xi)
+        y.backward(g)
+        outs.append((y, xi.grad, bn.weight.grad, bn.running_mean, bn.running_var))
+        assert y.is_contiguous(memory_format=fmt)
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

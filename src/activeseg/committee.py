@@ -110,12 +110,14 @@ def flat_gradients(model: nn.Module) -> torch.Tensor:
 
 
 def set_gradients(model: nn.Module, flat: torch.Tensor) -> None:
-    """Write ``flat`` ``[D]`` into the ``.grad`` of the trainable parameters (in order)."""
+    """Write ``flat`` ``[D]`` into the ``.grad`` of the trainable parameters (in order), each
+    in its parameter's memory layout (fused optimizers read grads in the parameter's layout:
+    a contiguous grad of a channels-last weight scrambled the SVGD updates)."""
     offset = 0
     for p in model.parameters():
         if p.requires_grad:
             n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).to(p.dtype).clone()
+            p.grad = torch.empty_like(p).copy_(flat[offset : offset + n].view_as(p))
             offset += n
 
 
@@ -204,7 +206,7 @@ def fit_svgd(
         runtime.place(model)
     images, masks = runtime.tensor(images), runtime.tensor(masks)
     eps = ADAM_EPS / len(models)  # Adam on φ = ∇ log p / M behaves as Adam on ∇ log p
-    optimizers = [torch.optim.Adam(m.parameters(), lr=cfg.lr, eps=eps) for m in models]
+    optimizers = [torch.optim.Adam(m.parameters(), lr=cfg.lr, eps=eps, fused=True) for m in models]
     decay = cfg.lr / max(cfg.epochs, 1)
     schedules = [
         torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1.0 / (1.0 + decay * step))

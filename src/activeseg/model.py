@@ -23,7 +23,7 @@ BatchNorm and the output layer run in fp32 (bf16 there biased the std maps by ab
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
@@ -56,11 +56,7 @@ class MCDropout(nn.Module):
                 "dropout is active but has no generator; run the model inside seeded_dropout() "
                 "or mc_dropout() (masks never come from the global RNG)"
             )
-        keep = 1.0 - self.p
-        if self.mc and not self.training:
-            return x * fast_keep_mask(x, keep, self.generator)
-        mask = torch.empty_like(x).bernoulli_(keep, generator=self.generator)
-        return x * mask * (1.0 / keep)
+        return x * fast_keep_mask(x, 1.0 - self.p, self.generator)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -94,6 +90,42 @@ class PointwiseConv(nn.Conv2d):
         return F.linear(x.movedim(1, -1), weight, self.bias).movedim(-1, 1)
 
 
+NARROW_CHANNELS = 16  # below this, BatchNorm trains in the contiguous layout (see below)
+
+
+def _batch_norm_layout(
+    forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    """Run a BatchNorm ``forward`` that will be differentiated on a narrow channels-last ``x``
+    (fewer than :data:`NARROW_CHANNELS` channels) in the contiguous layout and convert back.
+
+    PyTorch's channels-last BatchNorm backward is several times slower for few channels
+    (measured here, fwd + bwd of bf16 ``[8, 8, 128, 128]``: 9.3 ms channels-last, 5.8 ms via
+    the contiguous layout incl. both conversions; ``[2, 8, 32, 32, 32]`` backward 4.5 vs
+    0.7 ms); evaluation and wider layers stay channels-last (faster there).
+    """
+    fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
+    narrow = x.shape[1] < NARROW_CHANNELS and torch.is_grad_enabled() and x.requires_grad
+    if narrow and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
+        return forward(x.contiguous()).contiguous(memory_format=fmt)
+    return forward(x)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """:class:`torch.nn.BatchNorm2d` with a fast training pass on narrow channels-last inputs
+    (:func:`_batch_norm_layout`); same parameters and state dict."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _batch_norm_layout(super().forward, x)
+
+
+class BatchNorm3d(nn.BatchNorm3d):
+    """:class:`torch.nn.BatchNorm3d`, as :class:`BatchNorm2d`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _batch_norm_layout(super().forward, x)
+
+
 @dataclass(frozen=True)
 class Layers:
     """The layer types of one spatial dimensionality."""
@@ -106,8 +138,8 @@ class Layers:
 
 
 LAYERS: dict[int, Layers] = {
-    2: Layers(nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, nn.BatchNorm2d, PointwiseConv),
-    3: Layers(nn.Conv3d, nn.ConvTranspose3d, nn.MaxPool3d, nn.BatchNorm3d, nn.Conv3d),
+    2: Layers(nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, BatchNorm2d, PointwiseConv),
+    3: Layers(nn.Conv3d, nn.ConvTranspose3d, nn.MaxPool3d, BatchNorm3d, nn.Conv3d),
 }
 
 

@@ -137,7 +137,7 @@ def fit(
     start = time.perf_counter()
     runtime.place(model)
     images, masks = runtime.tensor(images), runtime.tensor(masks)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)  # one kernel
     decay = cfg.lr / max(cfg.epochs, 1)  # Keras time decay, per update step
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1.0 + decay * step))
     losses = make_loss(cfg.loss, cfg.fg_weight, int(getattr(model, "out_channels", 1)))
