@@ -254,35 +254,40 @@ def agreement(a: torch.Tensor, b: torch.Tensor, k: int) -> tuple[float, float]:
 
 
 @pytest.fixture(scope="module")
-def plain_runs(trained: Trained, phantom: Phantom) -> tuple[torch.Tensor, torch.Tensor]:
-    """std sums of the 32 val + test patches from two plain fp32 loops (nn.Dropout, global
-    RNG seeds 1 and 2, one NCHW forward per sample), T = 20: the second is the noise floor."""
+def plain_runs(trained: Trained, phantom: Phantom) -> list[torch.Tensor]:
+    """std sums of the 32 val + test patches from four plain fp32 loops (nn.Dropout, global
+    RNG seeds 1 to 4, one NCHW forward per sample), T = 20: the first is the reference, the
+    other three give the noise floor."""
     pool = phantom.images[list(phantom.val) + list(phantom.test)]
-    return tuple(std_sums(bench.naive_mc(trained.model, pool, 20, seed)[1]) for seed in (1, 2))  # type: ignore[return-value]
+    return [std_sums(bench.naive_mc(trained.model, pool, 20, seed)[1]) for seed in (1, 2, 3, 4)]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_the_engine_ranks_like_a_plain_loop_within_sampling_noise(
     trained: Trained,
     phantom: Phantom,
-    plain_runs: tuple[torch.Tensor, torch.Tensor],
+    plain_runs: list[torch.Tensor],
     precision: str,
 ) -> None:
-    """Measured (seed 0, T = 20): plain vs plain Spearman 0.968, top-8 7/8, mean ratio 0.94;
-    engine fp32 vs plain 0.977, 7/8, 0.957; engine bf16 0.980, 7/8, 0.963 (bf16 runs
-    emulated, slowly, on an AVX2-only CPU)."""
+    """The engine agrees with the reference plain loop at least as well as the worst of
+    three other plain loops does, less a tolerance of one top-8 member (one pair alone is
+    too noisy a floor at T = 20). Measured 2026-12-02 (native bf16): plain vs plain
+    Spearman 0.949-0.964, top-8 6-7/8, mean ratio 0.975-0.995; engine fp32 0.946, 5/8,
+    0.971; bf16 0.942, 5/8, 0.973 (other engine seeds on another model: 0.957-0.976,
+    6-7/8, like its plain pairs)."""
     pool = phantom.images[list(phantom.val) + list(phantom.test)]
     ids = list(range(len(pool)))
     stats = mc_statistics(trained.model, pool, ids, 20, 5, 0, resolve("cpu", precision))
     engine = std_sums(stats.std)
-    plain, floor = plain_runs
-    floor_rho, floor_top = agreement(plain, floor, 8)
+    plain, *others = plain_runs
+    floors = [agreement(plain, other, 8) for other in others]
+    floor_rho, floor_top = min(f[0] for f in floors), min(f[1] for f in floors)
     rho, top = agreement(plain, engine, 8)
     assert floor_rho > 0.9  # the comparison is between informative rankings
-    assert rho >= floor_rho - 0.03
+    assert rho >= floor_rho - 0.02
     assert top >= floor_top - 1 / 8
     bias = abs(float(engine.mean() / plain.mean()) - 1)
-    assert bias <= abs(float(floor.mean() / plain.mean()) - 1) + 0.02
+    assert bias <= max(abs(float(o.mean() / plain.mean()) - 1) for o in others) + 0.02
 
 
 def test_bf16_keeps_the_std_maps_of_fp32_with_the_same_masks(

@@ -60,7 +60,8 @@ class McStats:
 
 class Moments:
     """Running float64 sums over samples of probabilities ``[T, B, C, *S]`` (sample axis
-    :data:`SAMPLE_AXIS`): of ``p``, ``p**2`` and :func:`entropy` (``p`` float32 or float64)."""
+    :data:`SAMPLE_AXIS`): of ``p``, ``p**2`` and :func:`entropy` (``p`` float32 or float64;
+    the entropy of each sample is computed in ``p``'s dtype, only its sum in float64)."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -70,13 +71,12 @@ class Moments:
 
     def add(self, p: torch.Tensor) -> None:
         """Add the samples ``p`` ``[t, B, C, *S]``."""
+        h = entropy(p.flatten(0, 1)).view(p.shape[0], p.shape[1], *p.shape[3:])
         p = p.double()
         self.count += p.shape[SAMPLE_AXIS]
         self.total = self.total + p.sum(SAMPLE_AXIS)
         self.total_sq = self.total_sq + p.square().sum(SAMPLE_AXIS)
-        self.total_entropy = self.total_entropy + entropy(p.flatten(0, 1)).view(
-            p.shape[0], p.shape[1], *p.shape[3:]
-        ).sum(SAMPLE_AXIS)
+        self.total_entropy = self.total_entropy + h.double().sum(SAMPLE_AXIS)
 
     def stats(self) -> McStats:
         """The :class:`McStats` ``[B, ...]`` of the samples added so far (float32, CPU)."""
@@ -126,11 +126,12 @@ def mc_statistics(
         runtime.place(model)
     parts = []
     bar = tqdm(total=len(images), desc="MC scoring", leave=False, disable=not progress)
-    for image, pid in zip(images, ids, strict=True):
-        generator = torch_generator(derive_seed(seed, int(pid)), runtime.device)
-        with mc_dropout(model, generator):
-            parts.append(_accumulate(model, image, samples, batch, runtime).stats())
-        bar.update()
+    with runtime.autocast():  # one context: autocast casts each weight once, not per forward
+        for image, pid in zip(images, ids, strict=True):
+            generator = torch_generator(derive_seed(seed, int(pid)), runtime.device)
+            with mc_dropout(model, generator):
+                parts.append(_accumulate(model, image, samples, batch, runtime).stats())
+            bar.update()
     bar.close()
     return concat(parts)
 
@@ -138,14 +139,13 @@ def mc_statistics(
 def _accumulate(
     model: UNet, image: torch.Tensor, samples: int, batch: int, runtime: Runtime
 ) -> Moments:
-    """The :class:`Moments` ``[1, C, *S]`` of ``samples`` MC probability maps of ``image``."""
+    """The :class:`Moments` ``[1, C, *S]`` of ``samples`` MC probability maps of ``image``
+    (called under ``runtime.autocast()``)."""
     x = runtime.tensor(image[None])
-    with runtime.autocast():
-        cache = model.stem_cache(x)
+    cache = model.stem_cache(x)
     moments = Moments()
     for start in range(0, samples, batch):
         n = min(batch, samples - start)
-        with runtime.autocast():
-            logits = model.forward_cached(cache, n, runtime.memory_format_for(x.ndim))
+        logits = model.forward_cached(cache, n, runtime.memory_format_for(x.ndim))
         moments.add(probabilities(logits.float())[:, None])
     return moments
