@@ -8,17 +8,20 @@ prints one table and optionally writes the numbers as JSON:
   network): activeseg's engine (:func:`activeseg.scoring.mc_statistics`) vs a naive fp32 loop
   (one forward per sample and patch, NCHW, all outputs kept) vs baal 2's
   ``ModelWrapper.predict_on_batch`` (default: the batch replicated T times in memory) and with
-  ``MCCachingModule`` (T calls, the layers before the first dropout cached). Seconds,
-  patches/s, peak resident memory above the start, executed GFLOP/s (FLOPs counted by
+  ``MCCachingModule`` (T calls, the layers before the first dropout cached). Seconds (the
+  median of 3 timings per method, taken round-robin over the methods), patches/s, peak
+  resident memory above the start, executed GFLOP/s (FLOPs counted by
   :class:`torch.utils.flop_counter.FlopCounterMode` on one patch) as a fraction of both peaks,
   and the correlation of the per-patch std sums with the naive loop's.
 * **Training**: images/s of :func:`activeseg.train.fit` vs a plain fp32 NCHW loop with
-  per-sample (scipy) augmentation.
+  per-sample (scipy) augmentation, for both networks.
 * **One AL iteration** of the ``cpu`` preset on the SEM data (``--sem``; the phantom
   otherwise): seconds of train / eval / score.
 
 baal is optional (``pip install activeseg[bench]``); without it its rows are skipped and its
-ratios are ``null``. Run through ``/work/bin/measure --cores 2`` or on an idle machine.
+ratios are ``null``. The headline ratios (``mc_speedup_vs_baal_cached``, ...) are the ``cpu``
+network's; the same keys ending in ``_paper_net`` are the paper network's. Run it on an idle
+machine.
 """
 
 from __future__ import annotations
@@ -61,15 +64,16 @@ class Sizes:
     mc_batch: int  # activeseg MC samples per forward
     baal_batch: int  # patches per baal default call (replicated T times)
     paper_pool: int  # patches scored with the paper network (0: not measured)
-    train_steps: int
+    train_steps: int  # training steps timed (the paper network: a quarter of them)
     train_batch: int
     matmul: int  # matrix side of the peak measurement
+    repeats: int  # timings per method, interleaved across methods; the median is reported
     sem_overrides: dict[str, Any]
 
 
-FULL = Sizes(50, 16, 128, 5, 2, 4, 20, 8, 2048, {})
+FULL = Sizes(50, 16, 128, 5, 2, 4, 20, 8, 2048, 3, {})
 QUICK_SEM = {"data.patch_size": 32, "train.epochs": 1, "scoring.mc_samples": 2, "data.n_pool": 4}
-QUICK = Sizes(4, 2, 32, 2, 1, 0, 2, 2, 256, QUICK_SEM)
+QUICK = Sizes(4, 2, 32, 2, 1, 0, 2, 2, 256, 1, QUICK_SEM)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -104,6 +108,22 @@ def measure(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     out = fn()
     seconds = time.perf_counter() - start
     return out, seconds, max(rss_mb()[1] - before, 0.0)
+
+
+def interleaved(
+    methods: dict[str, Callable[[], Any]], repeats: int
+) -> dict[str, tuple[Any, float, float]]:
+    """Time every method ``repeats`` times, round-robin (a transient load slows all methods
+    alike, so the ratios stay fair); per method (last result, median seconds, largest peak
+    memory above the start in MB)."""
+    runs: dict[str, list[tuple[Any, float, float]]] = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            runs[name].append(measure(fn))
+    return {
+        name: (r[-1][0], float(np.median([x[1] for x in r])), max(x[2] for x in r))
+        for name, r in runs.items()
+    }
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
@@ -243,10 +263,14 @@ def bench_mc(
         methods["baal default"] = lambda x: baal_mc(model, x, t, False, sizes.baal_batch)
         methods["baal MCCachingModule"] = lambda x: baal_mc(model, x, t, True, sizes.baal_batch)
     rows: dict[str, dict[str, float]] = {}
+    for fn in methods.values():
+        fn(images[:1])  # warm-up (allocator, oneDNN primitives)
+    timed = interleaved(
+        {m: functools.partial(fn, images) for m, fn in methods.items()}, sizes.repeats
+    )
     reference: torch.Tensor | None = None
     for method, fn in methods.items():
-        fn(images[:1])  # warm-up (allocator, oneDNN primitives)
-        (_, std), seconds, peak = measure(functools.partial(fn, images))
+        (_, std), seconds, peak = timed[method]
         flops = count_flops(functools.partial(fn, images[:1])) * len(images)
         score = std.double().flatten(1).sum(1)
         if reference is None:
@@ -343,13 +367,19 @@ def train_step_flops(model: UNet, batch: int, patch: int) -> int:
 
 
 def bench_train(
-    model: UNet, sizes: Sizes, peaks: dict[str, float], log: Callable[[str], None]
+    name: str,
+    model: UNet,
+    sizes: Sizes,
+    peaks: dict[str, float],
+    log: Callable[[str], None],
+    steps: int,
 ) -> dict[str, dict[str, float]]:
+    """One row per method: ``steps`` training steps of batch ``sizes.train_batch``."""
     n = max(sizes.train_batch * 2, 4)
     images = pool_images(n, sizes.patch)
     masks = (images > 0.5).float()
     flops = train_step_flops(model, sizes.train_batch, sizes.patch)
-    steps, batch = sizes.train_steps, sizes.train_batch
+    batch = sizes.train_batch
     methods: dict[str, Callable[[int], None]] = {
         "plain fp32 NCHW": lambda s: plain_train(copy.deepcopy(model), images, masks, s, batch),
         "activeseg fp32": lambda s: activeseg_train(
@@ -359,10 +389,14 @@ def bench_train(
             copy.deepcopy(model), images, masks, s, batch, resolve("cpu", "bf16")
         ),
     }
-    rows = {}
-    for method, fn in methods.items():
+    for fn in methods.values():
         fn(2)  # warm-up
-        _, seconds, peak = measure(functools.partial(fn, steps))
+    timed = interleaved(
+        {m: functools.partial(fn, steps) for m, fn in methods.items()}, sizes.repeats
+    )
+    rows = {}
+    for method in methods:
+        _, seconds, peak = timed[method]
         gflops = flops * steps / seconds / 1e9
         rows[method] = {
             "seconds": seconds,
@@ -372,7 +406,7 @@ def bench_train(
             "fraction_of_fp32_peak": gflops / peaks["fp32"],
             "fraction_of_bf16_peak": gflops / peaks["bf16"],
         }
-        log(f"  train: {method}: {steps * batch / seconds:.1f} images/s")
+        log(f"  train {name}: {method}: {steps * batch / seconds:.1f} images/s")
     return rows
 
 
@@ -436,26 +470,18 @@ def run(
         for name, net in nets.items()
     }
     memory = mc_memory_vs_samples(nets["cpu"], sizes)
-    train = bench_train(nets["cpu"], sizes, peaks, log)
+    train = {
+        name: bench_train(
+            name, net, sizes, peaks, log, sizes.train_steps // (1 if name == "cpu" else 4)
+        )
+        for name, net in nets.items()
+    }
     iteration = bench_iteration(sem, sizes)
     log(f"  AL iteration: {iteration}")
-    best = mc["cpu"]["activeseg fp32"]
-    if resolve("cpu", "auto").bf16:
-        best = mc["cpu"]["activeseg bf16"]
-
-    def ratio(rows: dict[str, dict[str, float]], key: str) -> float | None:
-        return rows[key]["seconds"] / best["seconds"] if key in rows else None
-
-    fast_train = max(
-        train["activeseg fp32"]["images_per_s"], train["activeseg bf16"]["images_per_s"]
-    )
+    ratios = {net: speedups(mc[net], train[net], native) for net in nets}
     return {
-        "mc_speedup_vs_baal_cached": ratio(mc["cpu"], "baal MCCachingModule"),
-        "mc_speedup_vs_baal_default": ratio(mc["cpu"], "baal default"),
-        "mc_speedup_vs_naive": ratio(mc["cpu"], "naive fp32 loop"),
-        "mc_fraction_of_bf16_peak": best["fraction_of_bf16_peak"],
-        "mc_fraction_of_fp32_peak": best["fraction_of_fp32_peak"],
-        "train_speedup_vs_fp32_nchw": fast_train / train["plain fp32 NCHW"]["images_per_s"],
+        **ratios["cpu"],
+        **{f"{k}_paper_net": v for k, v in ratios.get("paper", {}).items()},
         "sem_iteration_seconds": iteration["total"],
         "sem_iteration_split_seconds": iteration,
         "sem_data": sem or "synthetic phantom (no --sem given)",
@@ -470,6 +496,28 @@ def run(
         "native_bf16": resolve("cpu", "auto").bf16,
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
+    }
+
+
+def speedups(
+    mc: dict[str, dict[str, float]], train: dict[str, dict[str, float]], native_bf16: bool
+) -> dict[str, float | None]:
+    """The headline ratios of one network: activeseg at ``precision=auto`` (bf16 where the
+    CPU has it natively) against each baseline; ``None`` where a baseline was not run."""
+    mode = "activeseg bf16" if native_bf16 else "activeseg fp32"
+    best = mc[mode]
+
+    def ratio(key: str) -> float | None:
+        return mc[key]["seconds"] / best["seconds"] if key in mc else None
+
+    return {
+        "mc_speedup_vs_baal_cached": ratio("baal MCCachingModule"),
+        "mc_speedup_vs_baal_default": ratio("baal default"),
+        "mc_speedup_vs_naive": ratio("naive fp32 loop"),
+        "mc_fraction_of_bf16_peak": best["fraction_of_bf16_peak"],
+        "mc_fraction_of_fp32_peak": best["fraction_of_fp32_peak"],
+        "train_speedup_vs_fp32_nchw": train[mode]["images_per_s"]
+        / train["plain fp32 NCHW"]["images_per_s"],
     }
 
 
@@ -494,12 +542,14 @@ def table(result: dict[str, Any]) -> str:
                 f"| {100 * r['fraction_of_bf16_peak']:.0f} "
                 f"| {r['std_sum_correlation_with_naive']:.3f} |"
             )
-    for method, r in result["train"].items():
-        lines.append(
-            f"| train step, cpu net | {method} | {r['seconds']:.2f} | {r['images_per_s']:.1f} "
-            f"| {r['peak_mb']:.0f} | {r['gflop_per_s']:.1f} "
-            f"| {100 * r['fraction_of_fp32_peak']:.0f} | {100 * r['fraction_of_bf16_peak']:.0f} | |"
-        )
+    for net, rows in result["train"].items():
+        for method, r in rows.items():
+            lines.append(
+                f"| train step, {net} net | {method} | {r['seconds']:.2f} "
+                f"| {r['images_per_s']:.1f} | {r['peak_mb']:.0f} | {r['gflop_per_s']:.1f} "
+                f"| {100 * r['fraction_of_fp32_peak']:.0f} "
+                f"| {100 * r['fraction_of_bf16_peak']:.0f} | |"
+            )
     split = result["sem_iteration_split_seconds"]
     lines += [
         "",
@@ -508,9 +558,8 @@ def table(result: dict[str, Any]) -> str:
         f"activeseg MC peak memory by T: {result['mc_activeseg_peak_mb_by_samples']}",
         "",
     ]
-    keys = [k for k, v in result.items() if k.endswith(("speedup_vs_baal_cached",
-            "speedup_vs_baal_default", "speedup_vs_naive", "peak", "fp32_nchw",
-            "iteration_seconds")) and not isinstance(v, dict)]  # fmt: skip
+    keys = [k for k, v in result.items() if k.startswith(("mc_speedup", "mc_fraction",
+            "train_speedup", "sem_iteration_seconds")) and not isinstance(v, dict)]  # fmt: skip
     lines += [f"{k}: {'n/a' if result[k] is None else f'{result[k]:.3g}'}" for k in keys]
     return "\n".join(lines)
 
