@@ -45,7 +45,7 @@ from scipy import ndimage
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from activeseg.config import TrainConfig, preset, with_overrides
+from activeseg.config import ScoringConfig, TrainConfig, preset, with_overrides
 from activeseg.data.patches import tile
 from activeseg.data.phantom import make_phantom
 from activeseg.model import MCDropout, UNet, probabilities, seeded_dropout
@@ -61,7 +61,7 @@ class Sizes:
     samples: int  # MC samples T
     pool: int  # patches scored
     patch: int  # pixels
-    mc_batch: int  # activeseg MC samples per forward
+    mc_batch: int  # activeseg MC samples per forward (the config default)
     baal_batch: int  # patches per baal default call (replicated T times)
     paper_pool: int  # patches scored with the paper network (0: not measured)
     train_steps: int  # training steps timed (the paper network: a quarter of them)
@@ -71,7 +71,7 @@ class Sizes:
     sem_overrides: dict[str, Any]
 
 
-FULL = Sizes(50, 16, 128, 5, 2, 4, 20, 8, 2048, 3, {})
+FULL = Sizes(50, 16, 128, ScoringConfig.mc_batch, 2, 4, 20, 8, 2048, 3, {})
 QUICK_SEM = {"data.patch_size": 32, "train.epochs": 1, "scoring.mc_samples": 2, "data.n_pool": 4}
 QUICK = Sizes(4, 2, 32, 2, 1, 0, 2, 2, 256, 1, QUICK_SEM)
 
