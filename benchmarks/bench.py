@@ -1,7 +1,7 @@
 """The ratio benchmarks of :mod:`activeseg.bench` (``activeseg bench``), not run by CI.
 
     pip install -e ".[bench]"   # baal, the reference implementation
-    /work/bin/measure --cores 2 python benchmarks/bench.py --json bench.json \\
+    python benchmarks/bench.py --json bench.json \\
         --sem ../shared/data/data_axondeepseg_sem
 
 Arguments as ``activeseg bench --help``.

@@ -8,8 +8,7 @@ per iteration (mean over repetitions) and writes ``OUT/warm_vs_scratch.json``::
 
 With the ``random`` strategy both runs label the same patches at every iteration (its choice
 does not depend on the model), so the Dice difference is the effect of the initialisation
-alone. Run it through ``/work/bin/measure`` (or on an otherwise idle machine) for honest
-times.
+alone. Run it on an otherwise idle machine for honest times.
 """
 
 from __future__ import annotations

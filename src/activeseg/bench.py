@@ -111,15 +111,18 @@ def measure(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 
 
 def interleaved(
-    methods: dict[str, Callable[[], Any]], repeats: int
+    methods: dict[str, Callable[[Any], Any]], full: Any, small: Any, repeats: int
 ) -> dict[str, tuple[Any, float, float]]:
-    """Time every method ``repeats`` times, round-robin (a transient load slows all methods
+    """Warm every method up on ``small`` (allocator, oneDNN primitives), then time it on
+    ``full`` ``repeats`` times, round-robin over the methods (a transient load slows all
     alike, so the ratios stay fair); per method (last result, median seconds, largest peak
     memory above the start in MB)."""
+    for fn in methods.values():
+        fn(small)
     runs: dict[str, list[tuple[Any, float, float]]] = {name: [] for name in methods}
     for _ in range(repeats):
         for name, fn in methods.items():
-            runs[name].append(measure(fn))
+            runs[name].append(measure(functools.partial(fn, full)))
     return {
         name: (r[-1][0], float(np.median([x[1] for x in r])), max(x[2] for x in r))
         for name, r in runs.items()
@@ -263,11 +266,7 @@ def bench_mc(
         methods["baal default"] = lambda x: baal_mc(model, x, t, False, sizes.baal_batch)
         methods["baal MCCachingModule"] = lambda x: baal_mc(model, x, t, True, sizes.baal_batch)
     rows: dict[str, dict[str, float]] = {}
-    for fn in methods.values():
-        fn(images[:1])  # warm-up (allocator, oneDNN primitives)
-    timed = interleaved(
-        {m: functools.partial(fn, images) for m, fn in methods.items()}, sizes.repeats
-    )
+    timed = interleaved(methods, images, images[:1], sizes.repeats)
     reference: torch.Tensor | None = None
     for method, fn in methods.items():
         (_, std), seconds, peak = timed[method]
@@ -389,11 +388,7 @@ def bench_train(
             copy.deepcopy(model), images, masks, s, batch, resolve("cpu", "bf16")
         ),
     }
-    for fn in methods.values():
-        fn(2)  # warm-up
-    timed = interleaved(
-        {m: functools.partial(fn, steps) for m, fn in methods.items()}, sizes.repeats
-    )
+    timed = interleaved(methods, steps, 2, sizes.repeats)
     rows = {}
     for method in methods:
         _, seconds, peak = timed[method]
