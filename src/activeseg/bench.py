@@ -129,6 +129,19 @@ def interleaved(
     }
 
 
+def rate(seconds: float, peak_mb: float, flops: float, peaks: dict[str, float]) -> dict[str, float]:
+    """The columns every benchmark row shares: time, memory, executed GFLOP/s and its fraction
+    of the fp32 and bf16 matmul peaks."""
+    gflops = flops / seconds / 1e9
+    return {
+        "seconds": seconds,
+        "peak_mb": peak_mb,
+        "gflop_per_s": gflops,
+        "fraction_of_fp32_peak": gflops / peaks["fp32"],
+        "fraction_of_bf16_peak": gflops / peaks["bf16"],
+    }
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of the matmuls and convolutions ``fn`` executes."""
     with FlopCounterMode(display=False) as counter:
@@ -275,17 +288,13 @@ def bench_mc(
         if reference is None:
             reference = score
         corr = float(torch.corrcoef(torch.stack([score, reference]))[0, 1])
-        gflops = flops / seconds / 1e9
         rows[method] = {
+            **rate(seconds, peak, flops, peaks),
             "patches": len(images),
-            "seconds": seconds,
             "patches_per_s": len(images) / seconds,
-            "peak_mb": peak,
-            "gflop_per_s": gflops,
-            "fraction_of_fp32_peak": gflops / peaks["fp32"],
-            "fraction_of_bf16_peak": gflops / peaks["bf16"],
             "std_sum_correlation_with_naive": corr,
         }
+        gflops = rows[method]["gflop_per_s"]
         log(f"  MC {name}: {method}: {seconds:.2f} s, {gflops:.1f} GFLOP/s, {peak:.0f} MB")
     return rows
 
@@ -392,14 +401,9 @@ def bench_train(
     rows = {}
     for method in methods:
         _, seconds, peak = timed[method]
-        gflops = flops * steps / seconds / 1e9
         rows[method] = {
-            "seconds": seconds,
+            **rate(seconds, peak, flops * steps, peaks),
             "images_per_s": steps * batch / seconds,
-            "peak_mb": peak,
-            "gflop_per_s": gflops,
-            "fraction_of_fp32_peak": gflops / peaks["fp32"],
-            "fraction_of_bf16_peak": gflops / peaks["bf16"],
         }
         log(f"  train {name}: {method}: {steps * batch / seconds:.1f} images/s")
     return rows

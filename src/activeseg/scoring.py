@@ -126,7 +126,7 @@ def mc_statistics(
         runtime.place(model)
     parts = []
     bar = tqdm(total=len(images), desc="MC scoring", leave=False, disable=not progress)
-    with runtime.autocast():  # one context: autocast casts each weight once, not per forward
+    with runtime.autocast():
         for image, pid in zip(images, ids, strict=True):
             generator = torch_generator(derive_seed(seed, int(pid)), runtime.device)
             with mc_dropout(model, generator):
