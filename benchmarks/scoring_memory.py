@@ -27,9 +27,9 @@ import torch
 from activeseg.acquisition import get_strategy
 from activeseg.loop import Chunk, score_pool
 from activeseg.model import UNet
-from activeseg.rundir import MapsWriter
 from activeseg.runtime import numpy_generator, resolve, torch_generator
 from activeseg.scoring import McStats, mc_statistics
+from activeseg.simulation.rundir import MapsWriter
 
 
 def rss_mb() -> float:

@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from activeseg.config import preset, with_overrides
-from activeseg.rundir import atomic_write_text, read_records
-from activeseg.simulate import simulate
+from activeseg.config import with_overrides
+from activeseg.files import atomic_write_text, read_records
+from activeseg.presets import preset
+from activeseg.simulation import simulate
 
 
 def run(data: str, out: Path, init: str, args: argparse.Namespace) -> float:

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from activeseg.config import Config, TrainConfig, preset, with_overrides
+from activeseg.config import Config, TrainConfig, with_overrides
 from activeseg.data.patches import Normalizer, split_by_source, tile
 from activeseg.data.phantom import make_phantom
+from activeseg.files import read_records
 from activeseg.model import UNet
-from activeseg.rundir import read_records
+from activeseg.presets import preset
 from activeseg.runtime import Runtime, resolve, torch_generator
-from activeseg.simulate import simulate
+from activeseg.simulation import simulate
 from activeseg.train import FitResult, fit
 
 PATCH = 32  # tiny-phantom patch side, pixels

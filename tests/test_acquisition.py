@@ -12,12 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from activeseg.acquisition import (
-    STRATEGIES,
+    BUILT_IN,
     MapStrategy,
     NathStrategy,
     PoolScores,
     RandomStrategy,
-    StdStrategy,
     edt_weight,
     get_selection,
     get_strategy,
@@ -26,6 +25,7 @@ from activeseg.acquisition import (
     select_top_k,
     std_map,
 )
+from activeseg.config import ScoringConfig
 from activeseg.errors import UserError
 from activeseg.scoring import McStats, Moments
 
@@ -111,7 +111,7 @@ def test_std_sum_ties_where_std_edt_prefers_the_blob_away_from_borders() -> None
     stats = border_vs_blob_stats()
     rng = np.random.default_rng(0)
     plain = get_strategy("std_sum").score(stats, 2, rng)
-    weighted = get_strategy("std_edt", edt="border").score(stats, 2, rng)
+    weighted = get_strategy("std_edt", ScoringConfig(edt="border")).score(stats, 2, rng)
     assert plain.scores[0] == plain.scores[1] == pytest.approx(6.4)
     # A: 32 pixels of weight 1; B: 8 rows x 0.2 x (5 + 6 + 7 + 8).
     np.testing.assert_allclose(weighted.scores, [6.4, 41.6], rtol=1e-6)
@@ -120,13 +120,17 @@ def test_std_sum_ties_where_std_edt_prefers_the_blob_away_from_borders() -> None
 
 def test_foreground_edt_ignores_uncertainty_on_predicted_background() -> None:
     stats = border_vs_blob_stats()
-    scores = get_strategy("std_edt", edt="foreground").score(stats, 2, np.random.default_rng(0))
+    scores = get_strategy("std_edt", ScoringConfig(edt="foreground")).score(
+        stats, 2, np.random.default_rng(0)
+    )
     np.testing.assert_allclose(scores.scores, [16 * 0.2 * 1.0, 0.0], rtol=1e-6)
 
 
 def test_std_edt_thresholds_the_mean_at_the_configured_threshold() -> None:
     stats = border_vs_blob_stats()
-    strict = get_strategy("std_edt", edt="border", threshold=0.95)  # nothing is foreground
+    strict = get_strategy(
+        "std_edt", ScoringConfig(edt="border", threshold=0.95)
+    )  # nothing is foreground
     scores = strict.score(stats, 2, np.random.default_rng(0))
     np.testing.assert_allclose(scores.scores, [6.4 * math.hypot(16, 16)] * 2, rtol=1e-6)
 
@@ -165,7 +169,7 @@ def test_reduce_maps_rejects_unknown_reduction() -> None:
 
 def test_std_strategy_without_statistics_raises() -> None:
     with pytest.raises(ValueError, match="std_sum needs MC statistics"):
-        StdStrategy("std_sum").score(None, 3, np.random.default_rng(0))
+        MapStrategy("std_sum").score(None, 3, np.random.default_rng(0))
 
 
 # --------------------------------------------------------------------------- selection
@@ -244,17 +248,17 @@ def test_random_selection_covers_the_pool() -> None:
 
 def test_registry_names_and_needs() -> None:
     assert {"random", "std_sum", "std_mean", "var_sum", "std_edt", "entropy", "bald"} <= set(
-        STRATEGIES
+        BUILT_IN
     )
-    for name in STRATEGIES:
+    for name in BUILT_IN:
         strategy = get_strategy(name)
         assert strategy.name == name
         assert strategy.needs_mc is (name != "random")
 
 
 def test_get_strategy_passes_edt_mode_and_threshold() -> None:
-    strategy = get_strategy("std_edt", edt="foreground", threshold=0.3)
-    assert isinstance(strategy, StdStrategy)
+    strategy = get_strategy("std_edt", ScoringConfig(edt="foreground", threshold=0.3))
+    assert isinstance(strategy, MapStrategy)
     assert (strategy.edt, strategy.threshold, strategy.reduction) == ("foreground", 0.3, "sum")
 
 

@@ -21,13 +21,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from activeseg.cli import main
-from activeseg.config import preset, save_yaml, to_dict
+from activeseg.config import save_yaml, to_dict
 from activeseg.data.images import read_image, read_mask
 from activeseg.data.patches import Normalizer, tile
 from activeseg.data.phantom import make_phantom
 from activeseg.data.sources import Sample, load_source
 from activeseg.errors import UserError
-from activeseg.rundir import read_records
+from activeseg.files import read_records
+from activeseg.presets import preset
 
 TINY_SETS = [arg for key, value in TINY_OVERRIDES.items() for arg in ("--set", f"{key}={value}")]
 SIDE = 128  # 4 patches of 64 px per image (demo preset)

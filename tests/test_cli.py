@@ -9,10 +9,11 @@ import pytest
 import yaml
 from conftest import TINY_OVERRIDES
 
-from activeseg import simulate as simulate_module
+from activeseg import simulation as simulate_module
 from activeseg.cli import main
-from activeseg.config import Config, from_dict, preset
-from activeseg.rundir import read_records
+from activeseg.config import Config, from_dict
+from activeseg.files import read_records
+from activeseg.presets import preset
 
 TINY_SETS = [arg for key, value in TINY_OVERRIDES.items() for arg in ("--set", f"{key}={value}")]
 
@@ -57,7 +58,7 @@ def test_unknown_preset_exits_2_with_one_line(
         ),
         (["--data", "synthetic", "--set", "data.source=x"], "data.source given both"),
         (["--data", "/does/not/exist"], "data source '/does/not/exist' is not a directory"),
-        (["--set", "loop.selection=best"], "loop.selection: 'best' is not one of top_k"),
+        (["--set", "loop.selection=best"], "loop.selection must be one of top_k, stochastic, got 'best'"),
         (["--strategies", "bald@forest"], "unknown strategy 'bald@forest'"),
     ],
 )

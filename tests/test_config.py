@@ -9,20 +9,19 @@ import pytest
 import yaml
 
 from activeseg.config import (
-    PRESETS,
     SCHEMA_VERSION,
     Config,
     all_keys,
     from_dict,
     load_yaml,
     parse_assignments,
-    preset,
     save_yaml,
     to_dict,
+    validate,
     with_overrides,
 )
 from activeseg.errors import UserError
-from activeseg.simulate import validate
+from activeseg.presets import PRESETS, preset
 
 # Paper values (Lubrano di Scandalea et al., Tables II and III), field by field.
 PAPER_COMMON: dict[str, Any] = {

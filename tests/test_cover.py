@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from activeseg.cover import cosine_similarity, cover_ranking, greedy_max_cover
+from activeseg.acquisition.cover import cosine_similarity, cover_ranking, greedy_max_cover
 
 # 3 candidates x 6 pool items in two clusters {0, 1, 2} and {3, 4, 5}.
 SIM = np.array(

@@ -12,9 +12,11 @@ from conftest import run_records
 from activeseg.cli import main
 from activeseg.config import Config, with_overrides
 from activeseg.errors import UserError
-from activeseg.grid import Execution, InProcess, make_executor
-from activeseg.rundir import RunDirectory, append_json_line, read_records
-from activeseg.simulate import pending_tasks, simulate
+from activeseg.files import append_json_line, read_records
+from activeseg.simulation import simulate
+from activeseg.simulation.executors import Execution, InProcess, make_executor
+from activeseg.simulation.rundir import RunDirectory
+from activeseg.simulation.tasks import pending_tasks
 
 
 def copy_run(run: Path, out: Path) -> Path:

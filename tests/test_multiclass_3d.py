@@ -12,16 +12,18 @@ import torch
 from conftest import TINY_3D
 from torch import nn
 
-from activeseg.config import preset, with_overrides
+from activeseg.acquisition import strategies_of
+from activeseg.config import validate, with_overrides
 from activeseg.data.patches import Normalizer, split_by_source
 from activeseg.data.volume_phantom import make_volume_phantom
 from activeseg.data.volumes import volume_patches
 from activeseg.errors import UserError
 from activeseg.metrics import per_item_dice, summarize, summarize_classes
 from activeseg.model import UNet, mc_dropout, output_channels, predicted_labels
+from activeseg.presets import preset
 from activeseg.runtime import Runtime, torch_generator
 from activeseg.scoring import mc_statistics
-from activeseg.simulate import simulate, validate
+from activeseg.simulation import simulate
 from activeseg.train import class_confusion_counts, evaluate, fit, make_loss
 
 
@@ -160,8 +162,10 @@ def test_3d_settings_are_checked() -> None:
         ({"data.spatial_dims": 4}, "spatial_dims must be 2 or 3"),
         ({"loop.strategies": "random,svgd_mi"}, "committee strategies .* binary"),
     ]:
+        config = with_overrides(base, overrides)
         with pytest.raises(UserError, match=match):
-            validate(with_overrides(base, overrides))
+            validate(config)
+            strategies_of(config)
 
 
 def test_nath_presets_hold_the_paper_values() -> None:
@@ -229,9 +233,9 @@ def test_saved_maps_hold_the_foreground_probability(tmp_path: Path, channels: in
     background, so the maps hold 1 - p(background) (any foreground class) and its std."""
     from activeseg.acquisition import Scores
     from activeseg.loop import Chunk
-    from activeseg.rundir import RunDirectory
     from activeseg.scoring import McStats
-    from activeseg.simulate import _MapsSink
+    from activeseg.simulation.rundir import RunDirectory
+    from activeseg.simulation.tasks import _MapsSink
 
     g = torch.Generator().manual_seed(0)
     mean = torch.softmax(torch.randn(2, channels, 4, 4, 4, generator=g), 1)

@@ -15,10 +15,10 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 pytest.importorskip("napari", reason="napari is not installed: pip install 'activeseg[napari]'")
 pytest.importorskip("pytestqt", reason="pytest-qt is not installed: pip install 'activeseg[test]'")
 
+from activeseg.annotation.create import init_project  # noqa: E402
 from activeseg.data.images import read_mask  # noqa: E402
 from activeseg.data.phantom import make_phantom  # noqa: E402
 from activeseg.napari._widget import HEATMAP, IMAGE, MASK, AnnotationWidget  # noqa: E402
-from activeseg.project import init_project  # noqa: E402
 
 TINY = {
     "data.patch_size": 32,

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from activeseg.annotation.project import Project, estimate_gain
+from activeseg.annotation.state import Region
 from activeseg.cli import main
 from activeseg.data.images import read_mask
 from activeseg.data.phantom import make_phantom
 from activeseg.data.sources import Sample
-from activeseg.project import Project, Region, estimate_gain
 
 SETTINGS = [
     "data.patch_size=32",

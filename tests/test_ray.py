@@ -22,11 +22,11 @@ import torch
 from conftest import Phantom, Trained, run_records
 
 from activeseg.config import Config, with_overrides
-from activeseg.grid import Execution, start_local_ray
-from activeseg.rundir import read_records
+from activeseg.files import read_records
 from activeseg.runtime import Runtime
 from activeseg.scoring import mc_statistics
-from activeseg.simulate import simulate
+from activeseg.simulation import simulate
+from activeseg.simulation.executors import Execution, start_local_ray
 
 ray = pytest.importorskip(
     "ray", reason="the optional Ray extra is not installed: pip install 'activeseg[ray]'"
@@ -88,7 +88,7 @@ def test_a_grid_on_ray_gives_the_records_of_the_sequential_run(
 def test_sharded_scoring_equals_single_process_scoring(
     trained: Trained, phantom: Phantom, runtime: Runtime
 ) -> None:
-    from activeseg.shards import ShardedScorer
+    from activeseg.simulation.shards import ShardedScorer
 
     ids = phantom.test[[5, 0, 9, 3, 12]]  # 5 patches, any order: uneven shards of 3 and 2
     model = copy.deepcopy(trained.model)

@@ -19,15 +19,19 @@ import numpy as np
 import pytest
 import torch
 
-from activeseg import simulate as simulate_module
+from activeseg import learners
 from activeseg.acquisition import get_strategy, select_top_k
 from activeseg.config import Config, with_overrides
+from activeseg.data.prepare import prepare
 from activeseg.errors import TrainingDiverged, UserError
+from activeseg.files import read_records
+from activeseg.learners import ModelLearner
 from activeseg.loop import score_pool
 from activeseg.model import UNet
-from activeseg.rundir import MapsWriter, RunDirectory, read_records
 from activeseg.runtime import numpy_generator, resolve
-from activeseg.simulate import UNetLearner, prepare, simulate
+from activeseg.simulation import simulate, tasks
+from activeseg.simulation.rundir import MapsWriter, RunDirectory
+from activeseg.simulation.tasks import learner_data
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -46,7 +50,7 @@ def run_contents(run: Path) -> dict[str, Any]:
         ]
     out["split"] = json.loads((run / "split.json").read_text())
     for path in sorted((run / "checkpoints").glob("*.pt")):
-        state = torch.load(path)["model"]
+        state = torch.load(path)["models"][0]
         out[path.name] = {k: v.numpy().tobytes() for k, v in state.items()}
     for path in sorted((run / "maps").glob("*.npz")):
         with np.load(path) as maps:
@@ -98,8 +102,8 @@ def test_another_seed_gives_another_run(
 def test_scores_maps_and_selections_do_not_depend_on_the_chunk_size(
     reference: Path, tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert simulate_module.pool_chunk(64) >= 6  # the reference scored its pool in one chunk
-    monkeypatch.setattr(simulate_module, "pool_chunk", lambda patch_size: 1)
+    assert tasks.pool_chunk(64) >= 6  # the reference scored its pool in one chunk
+    monkeypatch.setattr(tasks, "pool_chunk", lambda patch_size: 1)
     chunked = run_quietly(tiny_config, tmp_path / "chunked")
     assert run_contents(chunked) == run_contents(reference)
 
@@ -130,7 +134,7 @@ def test_disk_usage_is_reported_in_one_line(tiny_config: Config, tmp_path: Path)
 def diverge_at_iteration_one(monkeypatch: pytest.MonkeyPatch, n_initial: int) -> None:
     """Make the first training on ``n_initial + 1`` patches (iteration 1, k = 1) of the
     simulation use lr = 1e12."""
-    original = simulate_module.fit
+    original = learners.fit
     done = False
 
     def fit(*args: Any, **kwargs: Any) -> Any:
@@ -140,7 +144,7 @@ def diverge_at_iteration_one(monkeypatch: pytest.MonkeyPatch, n_initial: int) ->
             args = (*args[:5], dataclasses.replace(args[5], lr=1e12), *args[6:])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(simulate_module, "fit", fit)
+    monkeypatch.setattr(learners, "fit", fit)
 
 
 def test_a_diverged_training_stops_with_a_clear_error_and_keeps_finished_iterations(
@@ -169,7 +173,7 @@ def test_a_diverged_training_stops_with_a_clear_error_and_keeps_finished_iterati
     assert run_contents(out)["records-std_edt-rep1.jsonl"] == expected["records-std_edt-rep1.jsonl"]
 
 
-def empty_predictor(learner: UNetLearner) -> None:
+def empty_predictor(learner: ModelLearner) -> None:
     """Give ``learner`` a model whose every output is background (logit -30)."""
     model = learner.new_model(0)
     with torch.no_grad():
@@ -177,7 +181,7 @@ def empty_predictor(learner: UNetLearner) -> None:
             p.zero_()
         model.head.bias.fill_(-30.0)
     model.eval()
-    learner.model = model
+    learner.models = [model]
 
 
 def test_a_model_predicting_an_empty_mask_gets_defined_metrics_and_scores(
@@ -186,7 +190,7 @@ def test_a_model_predicting_an_empty_mask_gets_defined_metrics_and_scores(
     data = prepare(tiny_config.data)
     test = data.split.test
     data.masks[test[0]] = 0  # one test patch without myelin: its Dice is 0/0 = 1
-    learner = UNetLearner(data, tiny_config, resolve("cpu", "fp32"), progress=False)
+    learner = ModelLearner(learner_data(data), tiny_config, resolve("cpu", "fp32"), progress=False)
     empty_predictor(learner)
     metrics = learner.evaluate()
     json.dumps(metrics, allow_nan=False)  # a record can hold it
@@ -234,8 +238,8 @@ def test_leftover_temporaries_are_ignored_and_removed_on_resume(
 LOCK_HOLDER = """
 import sys, time
 from pathlib import Path
-from activeseg.config import preset
-from activeseg.rundir import RunDirectory
+from activeseg.presets import preset
+from activeseg.simulation.rundir import RunDirectory
 run = RunDirectory(Path(sys.argv[1]), preset("demo"), resume=True)
 print("locked", flush=True)
 time.sleep(120)
@@ -243,7 +247,7 @@ time.sleep(120)
 
 
 def test_the_lock_of_a_killed_process_does_not_block_the_next_one(tmp_path: Path) -> None:
-    from activeseg.config import preset
+    from activeseg.presets import preset
 
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     holder = subprocess.Popen(
@@ -313,10 +317,11 @@ def test_a_full_disk_stops_with_one_line_and_exit_1_and_the_run_resumes(
 ) -> None:
     from conftest import TINY_OVERRIDES
 
-    from activeseg import rundir
+    from activeseg import files
     from activeseg.cli import main
+    from activeseg.simulation import rundir
 
-    original = rundir.atomic_write_bytes
+    original = files.atomic_write_bytes
     writes = 0
 
     def fills_up(path: Path, data: bytes) -> None:
@@ -329,6 +334,7 @@ def test_a_full_disk_stops_with_one_line_and_exit_1_and_the_run_resumes(
     sets = [a for k, v in TINY_OVERRIDES.items() for a in ("--set", f"{k}={v}")]
     args = ["simulate", "--preset", "demo", "--quiet", "--out", str(tmp_path / "run"), *sets]
     with monkeypatch.context() as patch:
+        patch.setattr(files, "atomic_write_bytes", fills_up)
         patch.setattr(rundir, "atomic_write_bytes", fills_up)
         assert main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()

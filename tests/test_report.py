@@ -18,20 +18,24 @@ from scipy import ndimage, stats
 
 from activeseg.cli import main
 from activeseg.config import Config, load_yaml, with_overrides
+from activeseg.data.prepare import prepare
 from activeseg.metrics import auroc, reliability, uncertainty_quality
-from activeseg.report.build import Context, _verdict_section, compute_verdict, write_report
+from activeseg.report.build import write_report
+from activeseg.report.context import Context
 from activeseg.report.records import Run
+from activeseg.report.sections import verdict_section
 from activeseg.report.verdict import (
     Spread,
     StrategyCurves,
     aulc,
+    compute_verdict,
     count_axons,
     paired_test,
     patches_to_reach,
     sentences,
     verdict,
 )
-from activeseg.simulate import prepare, simulate
+from activeseg.simulation import simulate
 
 # ----------------------------------------------------------------------------- arithmetic
 
@@ -366,7 +370,7 @@ def test_verdict_table_ranks_strategies_by_aulc(tmp_path: Path) -> None:
     although the run lists random first."""
     run = _hand_made_run(tmp_path)
     assert run.strategies == ["random", "std_edt"]
-    section = _verdict_section(Context(run, tmp_path, None, None, compute_verdict(run, None)))
+    section = verdict_section(Context(run, tmp_path, None, None, compute_verdict(run, None)))
     (table,) = section.tables
     assert table.header[:4] == ["rank", "strategy", "final test Dice", "AULC"]
     assert [row[:2] for row in table.rows] == [["1", "std_edt"], ["2", "random"]]

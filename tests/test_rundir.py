@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from activeseg import rundir
-from activeseg.config import Config, load_yaml, preset, with_overrides
+from activeseg import files
+from activeseg.config import Config, load_yaml, with_overrides
 from activeseg.errors import UserError
-from activeseg.rundir import RECORD_SCHEMA, RunDirectory, atomic_write_text, read_records
+from activeseg.files import RECORD_SCHEMA, atomic_write_text, read_records
+from activeseg.presets import preset
+from activeseg.simulation.rundir import RunDirectory
 
 CONFIG = preset("demo")
 
@@ -133,7 +135,7 @@ def test_a_failed_atomic_write_keeps_the_old_file(
     def broken_replace(src: str, dst: os.PathLike[str]) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(rundir.os, "replace", broken_replace)
+    monkeypatch.setattr(files.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_text(path, "new")
     assert path.read_text() == "old"

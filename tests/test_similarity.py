@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from activeseg.similarity import min_max, mutual_information, quantise
+from activeseg.acquisition.similarity import min_max, mutual_information, quantise
 
 
 def halves(flip: bool = False) -> np.ndarray:

@@ -12,12 +12,18 @@ import pytest
 import torch
 from conftest import TINY_OVERRIDES
 
-from activeseg.config import Config, load_yaml, preset, with_overrides
+from activeseg.acquisition import strategies_of
+from activeseg.config import Config, load_yaml, validate, with_overrides
 from activeseg.data.patches import Normalizer
+from activeseg.data.prepare import prepare
 from activeseg.errors import UserError
-from activeseg.rundir import RunDirectory, read_records
+from activeseg.files import read_records
+from activeseg.learners import ModelLearner
+from activeseg.presets import preset
 from activeseg.runtime import resolve
-from activeseg.simulate import SimulatedOracle, UNetLearner, prepare, simulate, validate
+from activeseg.simulation import simulate
+from activeseg.simulation.rundir import RunDirectory
+from activeseg.simulation.tasks import SimulatedOracle, learner_data
 
 
 def run_quietly(config: Config, out: Path, resume: bool = False) -> Path:
@@ -144,7 +150,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(
         a = torch.load(finished_run / "checkpoints" / f"{name}.pt")
         b = torch.load(out / "checkpoints" / f"{name}.pt")
         assert a["iteration"] == b["iteration"] == 2
-        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        assert all(torch.equal(a["models"][0][k], b["models"][0][k]) for k in a["models"][0])
     for path in sorted((finished_run / "maps").iterdir()):
         with np.load(path) as a, np.load(out / "maps" / path.name) as b:
             assert sorted(a.files) == sorted(b.files)
@@ -208,8 +214,10 @@ def test_bad_data_leaves_no_run_directory(tiny_config: Config, tmp_path: Path) -
 def test_validate_rejects_inconsistent_settings(
     tiny_config: Config, overrides: dict[str, Any], message: str
 ) -> None:
+    config = with_overrides(tiny_config, overrides)
     with pytest.raises(UserError, match=message):
-        validate(with_overrides(tiny_config, overrides))
+        validate(config)
+        strategies_of(config)  # the strategy names, checked against the config
 
 
 def test_invalid_settings_are_rejected_before_the_run_directory_exists(
@@ -233,7 +241,9 @@ def test_prepare_fits_the_normaliser_on_training_patches_only(tiny_config: Confi
 
 
 def test_new_models_depend_on_their_seed_only(tiny_config: Config) -> None:
-    learner = UNetLearner(prepare(tiny_config.data), tiny_config, resolve("cpu", "fp32"), False)
+    learner = ModelLearner(
+        learner_data(prepare(tiny_config.data)), tiny_config, resolve("cpu", "fp32"), False
+    )
     state = torch.random.get_rng_state()
     a, b, c = learner.new_model(1), learner.new_model(1), learner.new_model(2)
     assert torch.equal(torch.random.get_rng_state(), state)
@@ -278,16 +288,16 @@ def test_warm_runs_fine_tune_after_iteration_zero_on_their_own_schedule(
 def test_warm_fit_starts_from_the_previous_weights(tiny_config: Config) -> None:
     config = with_overrides(tiny_config, WARM)
     data = prepare(config.data)
-    learner = UNetLearner(data, config, resolve("cpu", "fp32"), progress=False)
+    learner = ModelLearner(learner_data(data), config, resolve("cpu", "fp32"), progress=False)
     ids = data.split.initial
     learner.start(None)
     learner.fit(ids, data.masks[ids], seed=1)
-    first = {k: v.clone() for k, v in learner.trained_model().state_dict().items()}
+    first = {k: v.clone() for k, v in learner.model.state_dict().items()}
     assert learner.started_from is None
     info = learner.fit(ids, data.masks[ids], seed=2)
     assert info["init"] == "warm" and learner.started_from is not None
     assert all(torch.equal(first[k], learner.started_from[k]) for k in first)
-    tuned = learner.trained_model().state_dict()
+    tuned = learner.model.state_dict()
     assert not all(torch.equal(first[k], tuned[k]) for k in first)
     learner.start(None)
     assert learner.fit(ids, data.masks[ids], seed=2)["init"] == "scratch"
@@ -312,7 +322,7 @@ def test_a_resumed_warm_run_equals_an_uninterrupted_one(
     assert all_records(out, "*.jsonl") == all_records(warm_run, "*.jsonl")
     for path in sorted((warm_run / "checkpoints").iterdir()):
         a, b = torch.load(path), torch.load(out / "checkpoints" / path.name)
-        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        assert all(torch.equal(a["models"][0][k], b["models"][0][k]) for k in a["models"][0])
 
 
 # --------------------------------------------------------------------------- committees
@@ -337,7 +347,7 @@ def committee_run(committee_config: Config, tmp_path_factory: pytest.TempPathFac
 
 def test_committee_records_and_checkpoints(committee_run: Path) -> None:
     records = all_records(committee_run)
-    for name in ("ensemble", "svgd_mi", "bald@svgd"):
+    for name, kind in (("ensemble", "ensemble"), ("svgd_mi", "svgd"), ("bald@svgd", "svgd")):
         rows = records[f"records-{name}-rep0.jsonl"]
         assert len(rows) == 3
         for r in rows:
@@ -345,7 +355,7 @@ def test_committee_records_and_checkpoints(committee_run: Path) -> None:
             assert 0.0 <= r["test_member_disagreement"] <= 1.0
             assert r["test_uncertainty_auroc"] is None or 0 <= r["test_uncertainty_auroc"] <= 1
         checkpoint = torch.load(committee_run / "checkpoints" / f"{name}-rep0.pt")
-        assert len(checkpoint["members"]) == 2 and "model" not in checkpoint
+        assert len(checkpoint["models"]) == 2 and checkpoint["committee"] == kind
     for name in ("svgd_mi", "bald@svgd"):
         for r in records[f"records-{name}-rep0.jsonl"]:
             assert r["svgd"] and all(h["driving"] > 0 and h["repulsive"] > 0 for h in r["svgd"])
@@ -357,7 +367,7 @@ def test_committee_records_and_checkpoints(committee_run: Path) -> None:
     first = {n: rows[0] for n, rows in records.items()}
     a, b = first["records-svgd_mi-rep0.jsonl"], first["records-bald@svgd-rep0.jsonl"]
     assert a["svgd"] == b["svgd"] and a["test_member_dice"] == b["test_member_dice"]
-    members = torch.load(committee_run / "checkpoints" / "ensemble-rep0.pt")["members"]
+    members = torch.load(committee_run / "checkpoints" / "ensemble-rep0.pt")["models"]
     assert not torch.equal(members[0]["head.weight"], members[1]["head.weight"])
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from conftest import TINY_3D
 
-from activeseg.config import preset, with_overrides
+from activeseg.config import validate, with_overrides
+from activeseg.data.prepare import prepare
 from activeseg.data.volume_phantom import make_volume_phantom
 from activeseg.data.volumes import (
     Volume,
@@ -27,7 +28,7 @@ from activeseg.data.volumes import (
     volume_patches,
 )
 from activeseg.errors import UserError
-from activeseg.simulate import prepare, validate
+from activeseg.presets import preset
 
 MSD_HIPPOCAMPUS = Path(__file__).resolve().parents[1].parent / "shared/data/msd_hippocampus"
 if not MSD_HIPPOCAMPUS.is_dir():

@@ -45,11 +45,12 @@ from scipy import ndimage
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from activeseg.config import ScoringConfig, TrainConfig, preset, with_overrides
+from activeseg.config import ScoringConfig, TrainConfig, with_overrides
 from activeseg.data.patches import tile
 from activeseg.data.phantom import make_phantom
+from activeseg.files import atomic_write_text, read_records
 from activeseg.model import MCDropout, UNet, probabilities, seeded_dropout
-from activeseg.rundir import atomic_write_text, read_records
+from activeseg.presets import preset
 from activeseg.runtime import Runtime, resolve, torch_generator
 from activeseg.scoring import mc_statistics
 
@@ -414,7 +415,7 @@ def bench_train(
 
 def bench_iteration(sem: str | None, sizes: Sizes) -> dict[str, float]:
     """Seconds of iteration 0 (train, eval, score) of the ``cpu`` preset, ``std_edt``."""
-    from activeseg.simulate import simulate
+    from activeseg.simulation import simulate
 
     overrides: dict[str, Any] = {
         "data.source": sem or "synthetic",

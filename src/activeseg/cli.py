@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from activeseg import __version__
-from activeseg.config import PRESETS, Config, parse_assignments, preset, save_yaml, with_overrides
+from activeseg.config import Config, parse_assignments, save_yaml, with_overrides
 from activeseg.errors import UserError
+from activeseg.presets import PRESETS, preset
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     bench.add_argument("--sem", help="BIDS SEM folder for the AL-iteration benchmark")
 
-    from activeseg import project_cli
+    from activeseg.annotation import cli as project_cli
 
     project_cli.add_parsers(sub)
 
@@ -166,10 +167,9 @@ def _show_warning(
 def _run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from activeseg import project_cli
-    from activeseg.grid import Execution
+    from activeseg.annotation import cli as project_cli
     from activeseg.report import text_summary, write_report
-    from activeseg.simulate import simulate
+    from activeseg.simulation import Execution, simulate
 
     if args.command in project_cli.COMMANDS:
         return project_cli.run(args)

@@ -18,10 +18,10 @@ Liu & Wang's code): ``h = med / log(M + 1)``, ``med`` the median of the squared 
 distance is used, and if that is 0 too, ``h = 1`` (all distances are then 0 and the kernel is
 1 for any ``h``). Distances and the kernel are computed in float64. The log-likelihood is
 Nath et al.'s "Dice log-likelihood" ``log p(θ) = -log(DiceLoss(θ) + ε)`` on the training batch
-(no prior). Each particle has its own Adam (with the Keras time decay of :func:`train.fit`);
-``-φ(θ_i)`` is written into its ``.grad`` so that Adam *ascends* ``φ``. Particles run
-forward/backward one after another on the same batch, so memory is that of one network plus
-the ``[M, D]`` parameter and gradient matrices.
+(no prior). Each particle has its own Adam (:func:`activeseg.train.make_optimizer`, as
+every training); ``-φ(θ_i)`` is written into its ``.grad`` so that Adam *ascends* ``φ``.
+Particles run forward/backward one after another on the same batch, so memory is that of
+one network plus the ``[M, D]`` parameter and gradient matrices.
 
 With ``repulsion=False`` the kernel is replaced by the identity (``k_ij = δ_ij``, no
 repulsive term): each particle follows ``(1/M) ∇ log p(θ_i)`` alone, which is independent
@@ -32,7 +32,6 @@ Adam uses ``eps / M``: then the steps are exactly those of training each particl
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Sequence
@@ -43,12 +42,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from activeseg.config import TrainConfig
-from activeseg.errors import TrainingDiverged
 from activeseg.metrics import confusion, summarize
 from activeseg.model import seeded_dropout
 from activeseg.runtime import Runtime
 from activeseg.scoring import McStats, Moments, concat
-from activeseg.train import _batches, augment, make_loss, predict
+from activeseg.train import (
+    ADAM_EPS,
+    BestState,
+    check_finite,
+    make_loss,
+    make_optimizer,
+    predict,
+    training_batches,
+    validates,
+)
 
 
 @torch.inference_mode()
@@ -166,8 +173,6 @@ def svgd_direction(x: torch.Tensor, score: torch.Tensor, repulsion: bool = True)
 
 # ---------------------------------------------------------------------------- training
 
-ADAM_EPS = 1e-8  # torch's default, the eps of :func:`activeseg.train.fit`
-
 
 @dataclass
 class SvgdResult:
@@ -206,49 +211,38 @@ def fit_svgd(
         runtime.place(model)
     images, masks = runtime.tensor(images), runtime.tensor(masks)
     eps = ADAM_EPS / len(models)  # Adam on φ = ∇ log p / M behaves as Adam on ∇ log p
-    optimizers = [torch.optim.Adam(m.parameters(), lr=cfg.lr, eps=eps, fused=True) for m in models]
-    decay = cfg.lr / max(cfg.epochs, 1)
-    schedules = [
-        torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1.0 / (1.0 + decay * step))
-        for o in optimizers
-    ]
-    dice_loss = make_loss("dice", cfg.fg_weight)[0]
-    order = _batches(len(images), cfg.batch_size, generator)
-    best = (-1.0, 0, [copy.deepcopy(m.state_dict()) for m in models])
+    optimizers = [make_optimizer(m.parameters(), cfg, eps) for m in models]
+    batches = training_batches(images, masks, cfg, generator)
+    best = BestState(models)
     history: list[dict[str, float]] = []
     loss_value = math.nan
     bar = tqdm(total=cfg.steps, desc="svgd", leave=False, disable=not progress, unit="step")
     for step in range(1, cfg.steps + 1):
-        idx = next(order).to(images.device)
-        x, y = images[idx], masks[idx]
-        if cfg.augment:
-            x, y = augment(x, y, generator)
+        x, y = next(batches)
         params, scores, losses = [], [], []
+        dice_loss: nn.Module | None = None
         for model in models:  # one particle at a time bounds memory
             model.train()
             model.zero_grad(set_to_none=True)
             with seeded_dropout(model, generator), runtime.autocast():
                 logits = model(x)
+            dice_loss = dice_loss or make_loss("dice", cfg.fg_weight, logits.shape[1])[0]
             loss = dice_loss(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"SVGD diverged: loss is {loss.item()} at step {step}; "
-                    f"lower train.lr (now {cfg.lr})"
-                )
+            check_finite(loss, step, cfg)
             log_likelihood = -torch.log(loss + epsilon)
             log_likelihood.backward()
             params.append(flat_parameters(model))
             scores.append(flat_gradients(model))
             losses.append(float(loss.detach()))
         direction = svgd_direction(torch.stack(params), torch.stack(scores), repulsion)
-        for model, optimizer, schedule, phi in zip(
-            models, optimizers, schedules, direction.phi, strict=True
+        for model, (optimizer, schedule), phi in zip(
+            models, optimizers, direction.phi, strict=True
         ):
             set_gradients(model, -phi)
             optimizer.step()
             schedule.step()
         loss_value = sum(losses) / len(losses)
-        if step % cfg.validate_every == 0 or step == cfg.steps:
+        if validates(step, cfg.steps, cfg):
             dice = committee_dice(models, val_images, val_masks, runtime)
             history.append(
                 {
@@ -260,12 +254,11 @@ def fit_svgd(
                     "bandwidth": direction.bandwidth,
                 }
             )
-            if dice > best[0]:
-                best = (dice, step, [copy.deepcopy(m.state_dict()) for m in models])
+            best.offer(dice, step, models)
             bar.set_postfix(loss=f"{loss_value:.3f}", val_dice=f"{dice:.3f}")
         bar.update()
     bar.close()
-    for model, state in zip(models, best[2], strict=True):
-        model.load_state_dict(state)
-        model.eval()
-    return SvgdResult(cfg.steps, best[0], best[1], time.perf_counter() - start, loss_value, history)
+    best.restore(models)
+    return SvgdResult(
+        cfg.steps, best.dice, best.step, time.perf_counter() - start, loss_value, history
+    )

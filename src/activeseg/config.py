@@ -1,13 +1,16 @@
-"""Configuration: frozen dataclasses, presets as data, YAML in/out and dotted overrides.
+"""Configuration: frozen dataclasses, YAML in/out, dotted overrides and validation.
 
-Every setting has one home here; the CLI only fills these fields. A preset is a dict of
-overrides applied to the defaults, so ``activeseg simulate --preset cpu --set train.steps=50``
-and a saved ``config.yaml`` describe a run completely.
+Every setting has one home here, with the choices it accepts (:data:`LOSSES`, ...) and the
+checks of :func:`validate`; the CLI only fills these fields. Presets
+(:mod:`activeseg.presets`) are dicts of overrides applied to the defaults, so
+``activeseg simulate --preset cpu --set train.epochs=50`` and a saved ``config.yaml``
+describe a run completely.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -19,6 +22,15 @@ import yaml
 from activeseg.errors import UserError
 
 SCHEMA_VERSION = 1
+
+# The choices of the settings that name a method (checked by :func:`validate`).
+LOSSES = ("dice", "wbce", "dice_then_wbce")  # train.loss
+INITS = ("scratch", "warm")  # train.init: how each iteration's model starts
+PRECISIONS = ("auto", "fp32", "bf16")  # train.precision
+EDT_MODES = ("border", "foreground")  # scoring.edt
+POOL_POLICIES = ("remove", "keep")  # loop.pool_policy
+SELECTIONS = ("top_k", "stochastic")  # loop.selection
+COMMITTEE_KINDS = ("ensemble", "svgd")  # the committees of <strategy>@<committee>
 
 
 @dataclass(frozen=True)
@@ -167,154 +179,6 @@ class Config:
     committee: CommitteeConfig = field(default_factory=CommitteeConfig)
 
 
-# Presets: overrides of the defaults (which are the paper's SBEM values).
-PRESETS: dict[str, dict[str, Any]] = {
-    # Table II (SBEM): 512x512 patches, batch 5, 3500 epochs x 2 steps, split 5/10/10/26.
-    "paper-sbem": {"loop.repetitions": 10},
-    # Table III (TEM): 800 epochs, split 2/2/20/72, 3 repetitions.
-    "paper-tem": {
-        "data.modality": "TEM",
-        "data.n_initial": 2,
-        "data.n_val": 2,
-        "data.n_test": 20,
-        "data.n_pool": 72,
-        "train.epochs": 800,
-        "loop.repetitions": 3,
-    },
-    # Reduced for a 2-core CPU; measured in README ("Presets").
-    "cpu": {
-        "data.pixel_size": 0.2,
-        "data.patch_size": 128,
-        "data.n_initial": 5,
-        "data.n_val": 10,
-        "data.n_test": 20,
-        "data.n_pool": 40,
-        "model.depth": 4,
-        "model.base_filters": 8,
-        "train.epochs": 50,
-        "train.steps_per_epoch": 2,
-        "train.batch_size": 8,
-        "train.validate_every": 10,
-        "train.warm_epochs": 15,
-        "train.warm_patience": 1,
-        "scoring.mc_samples": 20,
-        "loop.repetitions": 3,
-    },
-    # Nath et al., "Diminishing uncertainty within the training pool" (MSD Task04): whole
-    # 64^3 volumes, intensities clipped to [0, 2048], anterior/posterior labels, lr 1e-3,
-    # batch 8, 1,500 steps, no augmentation, 40 iterations x 1 query. The paper's split is
-    # 10 initial / 153 pool / 50 val / 50 test of 263 volumes; the 260 listed MSD training
-    # pairs leave 150 for the pool (n_pool = all).
-    "nath-hippocampus": {
-        "data.spatial_dims": 3,
-        "data.num_classes": 3,
-        "data.patch_size": 64,
-        "data.whole_volume": True,
-        "data.clip": (0.0, 2048.0),
-        "data.n_initial": 10,
-        "data.n_pool": None,
-        "data.n_val": 50,
-        "data.n_test": 50,
-        "model.depth": 4,
-        "model.base_filters": 16,
-        "train.lr": 1e-3,
-        "train.batch_size": 8,
-        "train.epochs": 1500,
-        "train.steps_per_epoch": 1,
-        "train.augment": False,
-        "train.validate_every": 100,
-        "scoring.test_uncertainty": False,
-        "loop.iterations": 40,
-        "loop.query_size": 1,
-        "loop.repetitions": 5,
-        "loop.save_maps": False,
-    },
-    # Nath et al. on MSD Task07 pancreas CT: 4 mm isotropic, 48^3 samples, HU clipped to
-    # [-87, 199] and scaled to [0, 1], lr 4e-4, 10,000 steps, split 20 / 201 / 30 / 30,
-    # five queries per iteration.
-    "nath-pancreas": {
-        "data.spatial_dims": 3,
-        "data.num_classes": 3,
-        "data.spacing": 4.0,
-        "data.patch_size": 48,
-        "data.whole_volume": True,
-        "data.clip": (-87.0, 199.0),
-        "data.n_initial": 20,
-        "data.n_pool": 201,
-        "data.n_val": 30,
-        "data.n_test": 30,
-        "model.depth": 4,
-        "model.base_filters": 16,
-        "train.lr": 4e-4,
-        "train.batch_size": 8,
-        "train.epochs": 10000,
-        "train.steps_per_epoch": 1,
-        "train.augment": False,
-        "train.validate_every": 500,
-        "scoring.test_uncertainty": False,
-        "loop.iterations": 40,
-        "loop.query_size": 5,
-        "loop.repetitions": 5,
-        "loop.save_maps": False,
-    },
-    # Hippocampus on a 2-core CPU: measured in README ("3D volumes").
-    "cpu-3d": {
-        "data.spatial_dims": 3,
-        "data.num_classes": 3,
-        "data.spacing": 2.0,
-        "data.patch_size": 24,
-        "data.whole_volume": True,
-        "data.clip": (0.5, 99.5),
-        "data.clip_percentile": True,
-        "data.n_initial": 5,
-        "data.n_pool": 60,
-        "data.n_val": 8,
-        "data.n_test": 30,
-        "model.depth": 3,
-        "model.base_filters": 8,
-        "model.dropout": 0.2,
-        "train.lr": 5e-3,
-        "train.batch_size": 4,
-        "train.epochs": 60,
-        "train.steps_per_epoch": 1,
-        "train.augment": False,
-        "train.validate_every": 20,
-        "scoring.mc_samples": 6,
-        "scoring.mc_batch": 6,
-        "scoring.test_uncertainty": False,
-        "loop.iterations": 10,
-        "loop.query_size": 1,
-        "loop.repetitions": 3,
-        "loop.save_maps": False,
-    },
-    # A few minutes on 2 cores: the demo and the end-to-end tests.
-    "demo": {
-        "data.pixel_size": None,
-        "data.patch_size": 64,
-        "data.n_initial": 3,
-        "data.n_val": 6,
-        "data.n_test": 12,
-        "data.n_pool": 30,
-        "model.depth": 3,
-        "model.base_filters": 8,
-        "train.epochs": 40,
-        "train.batch_size": 8,
-        "train.validate_every": 10,
-        "train.warm_epochs": 10,
-        "scoring.mc_samples": 10,
-        "loop.repetitions": 2,
-        "loop.iterations": 5,
-    },
-}
-
-
-def preset(name: str) -> Config:
-    """The config of a named preset."""
-    if name not in PRESETS:
-        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return with_overrides(Config(), PRESETS[name])
-
-
 def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     """``config`` with dotted fields replaced, e.g. ``{"train.epochs": 10}``; values are
     converted to the field's type (strings from the command line included)."""
@@ -431,3 +295,147 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     except (TypeError, ValueError) as exc:
         raise UserError(f"setting {key}: {value!r} is not a valid {hint.__name__}") from exc
     raise TypeError(f"unsupported config type {hint!r} for {key}")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate(config: Config) -> None:
+    """Reject inconsistent settings before any work starts: a :class:`UserError` naming the
+    setting. (Strategy names are resolved, and checked against the config, by
+    :func:`activeseg.acquisition.strategies_of`.)"""
+    checks = [
+        *_data_checks(config.data),
+        *_volume_checks(config),
+        *_model_checks(config),
+        *_train_checks(config.train),
+        *_scoring_checks(config.scoring),
+        *_loop_checks(config.loop, config.data),
+        (config.committee.members >= 2, "committee.members must be >= 2"),
+        (config.committee.svgd_epsilon > 0, "committee.svgd_epsilon must be > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+Check = tuple[bool, str]
+
+
+def _positive(value: float | None) -> bool:
+    return value is None or (math.isfinite(value) and value > 0)
+
+
+def _choice(value: str, key: str, choices: tuple[str, ...]) -> Check:
+    return value in choices, f"{key} must be one of {', '.join(choices)}, got {value!r}"
+
+
+def _data_checks(d: DataConfig) -> list[Check]:
+    sizes = {
+        "data.pixel_size": d.pixel_size,
+        "data.source_pixel_size (--pixel-size)": d.source_pixel_size,
+    }
+    checks = [
+        (_positive(value), f"{key} must be a positive number of µm, got {value}; leave it out "
+         "if unknown")
+        for key, value in sizes.items()
+    ]  # fmt: skip
+    counts = {"data.n_initial": d.n_initial, "data.n_val": d.n_val, "data.n_test": d.n_test}
+    checks += [(n >= 1, f"{key} must be >= 1, got {n}") for key, n in counts.items()]
+    checks.append((d.n_pool is None or d.n_pool >= 0, f"data.n_pool must be >= 0, got {d.n_pool}"))
+    return checks
+
+
+def _volume_checks(config: Config) -> list[Check]:
+    d, train = config.data, config.train
+    volumes = d.spatial_dims == 3
+    return [
+        (d.spatial_dims in (2, 3), f"data.spatial_dims must be 2 or 3, got {d.spatial_dims}"),
+        (d.num_classes >= 2, f"data.num_classes must be >= 2, got {d.num_classes}"),
+        (
+            d.num_classes == 2 or volumes,
+            "data.num_classes > 2 needs volumes (data.spatial_dims=3); 2D masks are binary",
+        ),
+        (
+            not (volumes and train.augment),
+            "train.augment is for 2D images; set train.augment=false for volumes",
+        ),
+        (
+            d.num_classes == 2 or not config.scoring.test_uncertainty,
+            "scoring.test_uncertainty (AUROC, calibration) is defined for binary masks; "
+            "set scoring.test_uncertainty=false",
+        ),
+        (
+            d.num_classes == 2 or train.loss == "dice",
+            f"train.loss={train.loss} is binary only; use train.loss=dice",
+        ),
+        (_positive(d.spacing), f"data.spacing must be a positive number of mm, got {d.spacing}"),
+        (
+            d.clip is None or d.clip[0] < d.clip[1],
+            f"data.clip must be (low, high) with low < high, got {d.clip}",
+        ),
+    ]
+
+
+def _model_checks(config: Config) -> list[Check]:
+    m, patch = config.model, config.data.patch_size
+    return [
+        (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        (m.depth >= 2 and m.base_filters >= 1, "model.depth must be >= 2, base_filters >= 1"),
+        (
+            patch >= 2 ** (m.depth - 1) and patch % 2 ** (m.depth - 1) == 0,
+            f"data.patch_size {patch} must be a multiple of 2**(model.depth-1) = "
+            f"{2 ** (m.depth - 1)}",
+        ),
+    ]
+
+
+def _train_checks(t: TrainConfig) -> list[Check]:
+    return [
+        (t.epochs >= 1 and t.steps_per_epoch >= 1, "train.epochs and train.steps_per_epoch "
+         "must be >= 1"),
+        (t.batch_size >= 1, "train.batch_size must be >= 1"),
+        (t.validate_every >= 1, "train.validate_every must be >= 1"),
+        _choice(t.loss, "train.loss", LOSSES),
+        _choice(t.init, "train.init", INITS),
+        _choice(t.precision, "train.precision", PRECISIONS),
+        (t.warm_epochs >= 1, "train.warm_epochs must be >= 1"),
+        (_positive(t.lr), f"train.lr must be a positive number, got {t.lr}"),
+        (_positive(t.warm_lr), f"train.warm_lr must be a positive number, got {t.warm_lr}"),
+        (
+            t.patience >= 0 and t.warm_patience >= 0,
+            "train.patience and train.warm_patience must be >= 0 (0: no early stopping)",
+        ),
+        (0.0 < t.fg_weight < 1.0, "train.fg_weight must be in (0, 1)"),
+    ]  # fmt: skip
+
+
+def _scoring_checks(s: ScoringConfig) -> list[Check]:
+    return [
+        (s.mc_samples >= 2, "scoring.mc_samples must be >= 2"),
+        (s.mc_batch >= 1, "scoring.mc_batch must be >= 1"),
+        _choice(s.edt, "scoring.edt", EDT_MODES),
+        (0.0 < s.threshold < 1.0, "scoring.threshold must be in (0, 1)"),
+        (s.cover_candidates >= 1, "scoring.cover_candidates must be >= 1"),
+    ]
+
+
+def _loop_checks(lc: LoopConfig, d: DataConfig) -> list[Check]:
+    needed = lc.query_size if lc.pool_policy == "keep" else lc.iterations * lc.query_size
+    return [
+        (
+            len(set(lc.strategies)) == len(lc.strategies) and bool(lc.strategies),
+            f"loop.strategies must be distinct and non-empty: {lc.strategies}",
+        ),
+        (lc.repetitions >= 1, "loop.repetitions must be >= 1"),
+        (lc.iterations >= 0, "loop.iterations must be >= 0"),
+        (lc.query_size >= 1, "loop.query_size (k) must be >= 1"),
+        _choice(lc.pool_policy, "loop.pool_policy", POOL_POLICIES),
+        _choice(lc.selection, "loop.selection", SELECTIONS),
+        (lc.stochastic_groups >= 1, "loop.stochastic_groups must be >= 1"),
+        (
+            d.n_pool is None or needed <= d.n_pool,
+            f"{lc.iterations} iterations x k={lc.query_size} need {needed} pool patches but "
+            f"data.n_pool is {d.n_pool}; lower loop.iterations or raise data.n_pool",
+        ),
+    ]

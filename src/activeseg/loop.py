@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from activeseg.acquisition import PoolScores, Scores, Strategy, select_top_k
+from activeseg.config import POOL_POLICIES
 from activeseg.runtime import derive_seed, numpy_generator
 from activeseg.scoring import McStats
 
@@ -59,9 +60,6 @@ class Oracle(Protocol):
     def reveal(self, ids: np.ndarray) -> np.ndarray:
         """Masks ``[k, 1, H, W]`` (uint8 {0, 1}) of patches ``ids``."""
         ...
-
-
-POOL_POLICIES = ("remove", "keep")
 
 
 @dataclass

@@ -34,17 +34,19 @@ from torch import nn
 
 
 class MCDropout(nn.Module):
-    """Element-wise dropout drawing its masks from ``self.generator``.
+    """Dropout drawing its masks from ``self.generator``: element-wise, or with
+    ``channelwise`` one draw per channel (as :class:`torch.nn.Dropout2d` / ``Dropout3d``).
 
     Active when the module is training or when ``self.mc`` is set (MC-dropout inference);
     active without a generator it raises instead of drawing from the global RNG.
     """
 
-    def __init__(self, p: float) -> None:
+    def __init__(self, p: float, channelwise: bool = False) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout rate must be in [0, 1), got {p}")
         self.p = p
+        self.channelwise = channelwise
         self.mc = False
         self.generator: torch.Generator | None = None
 
@@ -56,10 +58,31 @@ class MCDropout(nn.Module):
                 "dropout is active but has no generator; run the model inside seeded_dropout() "
                 "or mc_dropout() (masks never come from the global RNG)"
             )
+        if self.channelwise:
+            shape = (*x.shape[:2], *([1] * (x.ndim - 2)))  # [B, C, 1, ...]
+            return x * fast_keep_mask(x.new_empty(shape), 1.0 - self.p, self.generator)
         return x * fast_keep_mask(x, 1.0 - self.p, self.generator)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}" + (", channelwise" if self.channelwise else "")
+
+
+_TORCH_DROPOUT = {nn.Dropout: False, nn.Dropout1d: True, nn.Dropout2d: True, nn.Dropout3d: True}
+
+
+def patch_dropout(model: nn.Module) -> nn.Module:
+    """Replace every :class:`torch.nn.Dropout` (and ``Dropout1d/2d/3d``) of ``model`` by an
+    :class:`MCDropout` of the same rate, in place, and return ``model`` (baal's
+    ``patch_module``, without patching a class globally). Any network then trains with
+    seeded masks and gives MC-dropout statistics with BatchNorm frozen."""
+    for name, child in list(model.named_children()):
+        kind = type(child)
+        if kind in _TORCH_DROPOUT:
+            rate = float(child.p)  # type: ignore[arg-type]
+            setattr(model, name, MCDropout(rate, channelwise=_TORCH_DROPOUT[kind]))
+        else:
+            patch_dropout(child)
+    return model
 
 
 def fast_keep_mask(x: torch.Tensor, keep: float, generator: torch.Generator) -> torch.Tensor:

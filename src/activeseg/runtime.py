@@ -43,9 +43,15 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def place(self, model: torch.nn.Module) -> None:
-        """Move ``model`` to the device, in the preferred memory format (in place)."""
-        fmt = self.memory_format_for(int(getattr(model, "spatial_dims", 2)) + 2)
-        model.to(self.device, memory_format=fmt)  # type: ignore[call-overload]
+        """Move ``model`` to the device, in the preferred memory format of its convolutions
+        (in place; the weights' largest rank tells 2D from 3D, for any network)."""
+        rank = max((p.ndim for p in model.parameters()), default=0)
+        model.to(self.device, memory_format=self.memory_format_for(rank))  # type: ignore[call-overload]
+
+    def generator(self, seed: int) -> torch.Generator:
+        """A generator seeded by ``seed`` on this device: every random draw of a computation
+        (batches, augmentation, dropout masks) comes from one made here."""
+        return torch_generator(seed, self.device)
 
     def tensor(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Float32 tensor on the device; 4D and 5D in the preferred memory format."""

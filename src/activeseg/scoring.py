@@ -1,11 +1,13 @@
 """Monte-Carlo dropout statistics of a pool of patches, streamed over the samples.
 
 For each patch, ``T`` stochastic passes run with dropout on and BatchNorm frozen
-(:func:`activeseg.model.mc_dropout`). What does not depend on the dropout masks (the first
-level, its max-pool and the skip half of the top decoder convolution,
-:meth:`activeseg.model.UNet.stem_cache`) is computed once per patch and reused for all
-samples. Samples run ``mc_batch`` at a time and
-only a running sum and sum of squares (float64) are kept, so memory does not grow with ``T``.
+(:func:`activeseg.model.mc_dropout`), for any network whose dropout is
+:class:`~activeseg.model.MCDropout`. For the built-in U-Net (the fast path) what does not
+depend on the dropout masks (the first level, its max-pool and the skip half of the top
+decoder convolution, :meth:`activeseg.model.UNet.stem_cache`) is computed once per patch
+and reused for all samples; any other network runs whole passes. Samples run ``mc_batch``
+at a time and only a running sum and sum of squares (float64) are kept, so memory does not
+grow with ``T``.
 
 Every patch draws its dropout masks from its own generator seeded by ``(seed, patch id)``:
 its statistics do not depend on which other patches are scored with it or in which order.
@@ -17,9 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from activeseg.model import UNet, mc_dropout, probabilities
+from activeseg.errors import UserError
+from activeseg.model import UNet, dropout_modules, mc_dropout, probabilities
 from activeseg.runtime import Runtime, derive_seed, torch_generator
 
 SAMPLE_AXIS = 0  # the MC-sample axis of a per-patch batch of stochastic outputs
@@ -107,7 +111,7 @@ def concat(parts: Sequence[McStats]) -> McStats:
 
 @torch.inference_mode()
 def mc_statistics(
-    model: UNet,
+    model: nn.Module,
     images: torch.Tensor,
     ids: Sequence[int],
     samples: int,
@@ -122,6 +126,12 @@ def mc_statistics(
         raise ValueError(f"need at least 2 MC samples for a std, got {samples}")
     if len(ids) != len(images):
         raise ValueError(f"{len(ids)} ids for {len(images)} images")
+    if not dropout_modules(model):
+        raise UserError(
+            "MC-dropout scoring needs a network with dropout (torch.nn.Dropout layers, turned "
+            "into MCDropout by activeseg.model.patch_dropout); add dropout, or use a "
+            "strategy without MC statistics (random) or a committee (<strategy>@ensemble)"
+        )
     with torch.inference_mode(False):  # weights converted here must stay trainable tensors
         runtime.place(model)
     parts = []
@@ -137,15 +147,24 @@ def mc_statistics(
 
 
 def _accumulate(
-    model: UNet, image: torch.Tensor, samples: int, batch: int, runtime: Runtime
+    model: nn.Module, image: torch.Tensor, samples: int, batch: int, runtime: Runtime
 ) -> Moments:
     """The :class:`Moments` ``[1, C, *S]`` of ``samples`` MC probability maps of ``image``
     (called under ``runtime.autocast()``)."""
     x = runtime.tensor(image[None])
-    cache = model.stem_cache(x)
+    fmt = runtime.memory_format_for(x.ndim)
+    if isinstance(model, UNet):
+        cache = model.stem_cache(x)
+
+        def passes(n: int) -> torch.Tensor:
+            return model.forward_cached(cache, n, fmt)
+    else:
+
+        def passes(n: int) -> torch.Tensor:
+            return model(x.expand(n, *x.shape[1:]).contiguous(memory_format=fmt))
+
     moments = Moments()
     for start in range(0, samples, batch):
-        n = min(batch, samples - start)
-        logits = model.forward_cached(cache, n, runtime.memory_format_for(x.ndim))
+        logits = passes(min(batch, samples - start))
         moments.add(probabilities(logits.float())[:, None])
     return moments

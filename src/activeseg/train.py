@@ -1,7 +1,9 @@
 """Training and evaluation of a segmentation model on in-memory patches.
 
 Knows nothing of active learning: :func:`fit` takes labelled patches and a validation set and
-returns the model with the weights of its best validation Dice.
+returns the model with the weights of its best validation Dice. The pieces every training
+shares (:func:`make_optimizer`, :func:`training_batches`, :class:`BestState`,
+:func:`check_finite`) are also those of the SVGD committee (:mod:`activeseg.committee`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -18,14 +20,11 @@ from monai.losses import DiceLoss
 from torch import nn
 from tqdm.auto import tqdm
 
-from activeseg.config import TrainConfig
+from activeseg.config import LOSSES, TrainConfig
 from activeseg.errors import TrainingDiverged, UserError
 from activeseg.metrics import confusion, summarize_classes
 from activeseg.model import predicted_labels, probabilities, seeded_dropout
 from activeseg.runtime import Runtime
-
-LOSSES = ("dice", "wbce", "dice_then_wbce")
-INITS = ("scratch", "warm")  # train.init: how each iteration's model starts
 
 
 class WeightedBCE(nn.Module):
@@ -98,6 +97,84 @@ def augment(
     )
 
 
+ADAM_EPS = 1e-8  # torch's default
+
+
+def make_optimizer(
+    params: Iterable[nn.Parameter], cfg: TrainConfig, eps: float = ADAM_EPS
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam (fused: one kernel per step) on ``params`` and its learning-rate schedule, to be
+    stepped once per update: Keras time decay ``lr / (1 + decay * step)``, ``decay = lr /
+    epochs``. The one optimiser of every training (:func:`fit` and the SVGD particles)."""
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=eps, fused=True)
+    decay = cfg.lr / max(cfg.epochs, 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1.0 + decay * step))
+    return optimizer, schedule
+
+
+class BestState:
+    """The best validation Dice seen so far, its step and a copy of the weights of the
+    ``models`` (one network, or a committee's members) at that step."""
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        self.dice, self.step = -1.0, 0
+        self.states = [copy.deepcopy(m.state_dict()) for m in models]
+
+    def offer(self, dice: float, step: int, models: Sequence[nn.Module]) -> bool:
+        """Keep the weights of ``models`` if ``dice`` beats the best; whether it did."""
+        if dice <= self.dice:
+            return False
+        self.dice, self.step = dice, step
+        self.states = [copy.deepcopy(m.state_dict()) for m in models]
+        return True
+
+    def restore(self, models: Sequence[nn.Module]) -> None:
+        """Load the best weights into ``models`` and put them in evaluation mode."""
+        for model, state in zip(models, self.states, strict=True):
+            model.load_state_dict(state)
+            model.eval()
+
+
+def training_batches(
+    images: torch.Tensor, masks: torch.Tensor, cfg: TrainConfig, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless training batches ``[batch_size, 1, *S]`` of ``images`` / ``masks`` (on their
+    device): drawn without replacement from reshuffled epochs (with replacement when
+    ``N < batch_size``), augmented by :func:`augment` if ``cfg.augment``; every draw comes
+    from ``generator``."""
+    order = _batches(len(images), cfg.batch_size, generator)
+    while True:
+        idx = next(order).to(images.device)
+        x, y = images[idx], masks[idx]
+        yield augment(x, y, generator) if cfg.augment else (x, y)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless index batches ``[batch_size]``: reshuffled epochs, or with replacement if
+    ``n < batch_size``."""
+    while True:
+        if n < batch_size:
+            yield torch.randint(n, (batch_size,), generator=generator, device=generator.device)
+            continue
+        perm = torch.randperm(n, generator=generator, device=generator.device)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield perm[i : i + batch_size]
+
+
+def validates(step: int, total: int, cfg: TrainConfig) -> bool:
+    """Whether training validates after ``step`` (every ``validate_every`` and at the end)."""
+    return step % cfg.validate_every == 0 or step == total
+
+
+def check_finite(loss: torch.Tensor, step: int, cfg: TrainConfig) -> None:
+    """Raise :class:`~activeseg.errors.TrainingDiverged` for a non-finite ``loss``."""
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(
+            f"training diverged: loss is {loss.item()} at step {step}; "
+            f"lower train.lr (now {cfg.lr})"
+        )
+
+
 @dataclass
 class FitResult:
     """What :func:`fit` did: steps run, best validation Dice and where, time in seconds."""
@@ -125,26 +202,26 @@ def fit(
     {0, 1} masks, or labels 0 .. C-1 for a model of C > 1 output channels) and load the
     weights of its best validation (mean foreground) Dice.
 
-    Batches are drawn without replacement from a reshuffled order (with replacement when
-    ``N < batch_size``); every random draw (order, augmentation, dropout) comes from
-    ``generator``. With ``cfg.patience > 0`` training stops after that many validations
-    without a better Dice (``FitResult.steps`` counts the steps run). A non-finite loss
-    stops training with :class:`~activeseg.errors.TrainingDiverged` (a :class:`UserError`);
-    ``model`` is then left half-trained and must be discarded.
+    Any module mapping ``[B, 1, *S]`` to logits ``[B, C, *S]`` trains (the loss follows C);
+    its dropout must be :class:`~activeseg.model.MCDropout` (see
+    :func:`~activeseg.model.patch_dropout`). Every random draw (order, augmentation, dropout)
+    comes from ``generator``, which must live on ``runtime.device``. With ``cfg.patience > 0``
+    training stops after that many validations without a better Dice (``FitResult.steps``
+    counts the steps run). A non-finite loss raises
+    :class:`~activeseg.errors.TrainingDiverged` (a :class:`UserError`); ``model`` is then left
+    half-trained and must be discarded.
     """
     if len(images) == 0:
         raise UserError("no labelled patches to train on")
     start = time.perf_counter()
     runtime.place(model)
     images, masks = runtime.tensor(images), runtime.tensor(masks)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)  # one kernel
-    decay = cfg.lr / max(cfg.epochs, 1)  # Keras time decay, per update step
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1.0 + decay * step))
-    losses = make_loss(cfg.loss, cfg.fg_weight, int(getattr(model, "out_channels", 1)))
+    optimizer, schedule = make_optimizer(model.parameters(), cfg)
     total = cfg.steps
-    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
+    best = BestState([model])
     history: list[tuple[int, float, float]] = []
-    order = _batches(len(images), cfg.batch_size, generator)
+    batches = training_batches(images, masks, cfg, generator)
+    losses: tuple[nn.Module, nn.Module] | None = None
     loss_value = float("nan")
     stale = 0  # validations since the best one
     step = 0
@@ -152,50 +229,29 @@ def fit(
     with seeded_dropout(model, generator):
         for step in range(1, total + 1):
             model.train()
-            idx = next(order).to(images.device)
-            x, y = images[idx], masks[idx]
-            if cfg.augment:
-                x, y = augment(x, y, generator)
+            x, y = next(batches)
             with runtime.autocast():
                 logits = model(x)
-            loss_fn = losses[0] if step <= total // 2 else losses[1]
-            loss = loss_fn(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"training diverged: loss is {loss.item()} at step {step}; "
-                    f"lower train.lr (now {cfg.lr})"
-                )
+            if losses is None:
+                losses = make_loss(cfg.loss, cfg.fg_weight, logits.shape[1])
+            loss = losses[0 if step <= total // 2 else 1](logits.float(), y)
+            check_finite(loss, step, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             loss_value = float(loss.detach())
-            if step % cfg.validate_every == 0 or step == total:
+            if validates(step, total, cfg):
                 dice = evaluate(model, val_images, val_masks, runtime)["dice"]
                 history.append((step, loss_value, dice))
-                stale = stale + 1 if dice <= best[0] else 0
-                if dice > best[0]:
-                    best = (dice, step, copy.deepcopy(model.state_dict()))
+                stale = 0 if best.offer(dice, step, [model]) else stale + 1
                 bar.set_postfix(loss=f"{loss_value:.3f}", val_dice=f"{dice:.3f}")
             bar.update()
             if cfg.patience and stale >= cfg.patience:
                 break
     bar.close()
-    model.load_state_dict(best[2])
-    model.eval()
-    return FitResult(step, best[0], best[1], time.perf_counter() - start, loss_value, history)
-
-
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless index batches ``[batch_size]``: reshuffled epochs, or with replacement if
-    ``n < batch_size``."""
-    while True:
-        if n < batch_size:
-            yield torch.randint(n, (batch_size,), generator=generator, device=generator.device)
-            continue
-        perm = torch.randperm(n, generator=generator, device=generator.device)
-        for i in range(0, n - batch_size + 1, batch_size):
-            yield perm[i : i + batch_size]
+    best.restore([model])
+    return FitResult(step, best.dice, best.step, time.perf_counter() - start, loss_value, history)
 
 
 @torch.inference_mode()

@@ -28,9 +28,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from activeseg.annotation.project import Project
+from activeseg.annotation.state import DEFAULT_K, HEATMAP_SUFFIX, PRED_SUFFIX, Query
 from activeseg.data.images import read_image, read_mask, write_mask_png
 from activeseg.errors import UserError
-from activeseg.project import DEFAULT_K, HEATMAP_SUFFIX, PRED_SUFFIX, Project, Query
 
 if TYPE_CHECKING:
     import napari

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +11,14 @@ import numpy as np
 
 from activeseg.config import Config, load_yaml
 from activeseg.errors import UserError
+from activeseg.files import read_records
 from activeseg.report.verdict import Spread
-from activeseg.rundir import UPPER_BOUND_FILE, read_records
+from activeseg.simulation.rundir import UPPER_BOUND_FILE, read_split, record_files
 
 
 def load_records(run_dir: Path) -> list[dict[str, Any]]:
     """All strategy records of a run directory, ordered by strategy, repetition, iteration."""
-    records = [r for path in sorted(run_dir.glob("records-*.jsonl")) for r in read_records(path)]
+    records = [r for path in record_files(run_dir) for r in read_records(path)]
     return sorted(records, key=lambda r: (r["strategy"], r["repetition"], r["iteration"]))
 
 
@@ -62,6 +62,11 @@ class Run:
         present = {r["strategy"] for r in self.records}
         ordered = [s for s in self.config.loop.strategies if s in present]
         return ordered + sorted(present - set(ordered))
+
+    def table(self, metric: str) -> dict[str, np.ndarray]:
+        """:func:`curves` of ``metric`` in the order of :attr:`strategies`."""
+        tables = curves(self.records, metric)
+        return {name: tables[name] for name in self.strategies}
 
     def of(self, strategy: str, repetition: int | None = None) -> list[dict[str, Any]]:
         """Records of ``strategy`` (and ``repetition``), ordered by iteration."""
@@ -122,7 +127,7 @@ def load_run(root: Path) -> Run:
     return Run(
         root,
         load_yaml(root / "config.yaml"),
-        json.loads((root / "split.json").read_text()),
+        read_split(root),
         load_records(root),
         upper,
     )

@@ -22,9 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage, stats
+
+if TYPE_CHECKING:
+    from activeseg.report.records import Run
 
 MINUTES_PER_AXON = 3.0  # the paper's estimate of manual annotation time per axon
 UPPER_FRACTION = 0.95
@@ -285,3 +289,26 @@ def _effort(patches: Spread, hours: Spread) -> str:
     """``"4.3 ± 2.1 (≈ 3.2 ± 1.1 h)"``, hours left out where not available."""
     text = patches.text(1)
     return f"{text} (≈ {Spread(tuple(hours.known)).text(1)} h)" if len(hours.known) else text
+
+
+def compute_verdict(
+    run: Run, axons: dict[int, int] | None, minutes_per_axon: float = MINUTES_PER_AXON
+) -> Verdict | None:
+    """The verdict over the repetitions and iterations every strategy has completed;
+    ``axons``: axon count per training patch id (``None``: no hours)."""
+    reps, done = run.common()
+    if done == 0:
+        return None
+    n0 = len(run.split["initial"])
+    strategy_curves = []
+    for name, table in run.table("test_dice").items():
+        added = run.annotated(name, done)[reps] - n0  # unique annotated patches
+        if np.all(added == added[:1]):
+            added = added[0]
+        counts = None
+        if axons is not None:  # each annotated patch once, in the order first labelled
+            lists = [dict.fromkeys(run.of(name, rep)[done - 1]["labelled"][n0:]) for rep in reps]
+            counts = [[axons[p] for p in ids] for ids in lists]
+        strategy_curves.append(StrategyCurves(name, added, table[reps, :done], counts))
+    upper = [float(r["test_dice"]) for r in run.upper_bound if r["repetition"] in reps]
+    return verdict(strategy_curves, upper, minutes_per_axon)

@@ -1,6 +1,7 @@
 """Command line of the annotation project: ``init``, ``train``, ``query``, ``import``,
 ``status``, ``predict``. Argument parsing and printing only; the work is in
-:mod:`activeseg.project` and :mod:`activeseg.inference`."""
+:mod:`activeseg.annotation.create`, :mod:`~activeseg.annotation.project` and
+:mod:`~activeseg.annotation.predict`."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from activeseg.config import PRESETS, parse_assignments
+from activeseg.config import parse_assignments
+from activeseg.presets import PRESETS
 
 if TYPE_CHECKING:  # importing the project module loads torch: only when a command runs
-    from activeseg.project import Status
+    from activeseg.annotation.project import Status
 
 COMMANDS = ("init", "train", "query", "import", "status", "predict")
 
@@ -67,7 +69,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def run(args: argparse.Namespace) -> int:
     """Run a project subcommand; returns the exit code (2 if an import rejected a file)."""
-    from activeseg.project import DEFAULT_K, MASK_SUFFIX, Project, init_project
+    from activeseg.annotation.create import init_project
+    from activeseg.annotation.project import Project
+    from activeseg.annotation.state import DEFAULT_K, MASK_SUFFIX
 
     if args.command == "init":
         sets = parse_assignments(args.set)
@@ -116,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "status":
         print(_status_text(project.status()))
     elif args.command == "predict":
-        from activeseg.inference import predict_images
+        from activeseg.annotation.predict import predict_images
 
         written = predict_images(
             project,

@@ -23,16 +23,14 @@ import torch
 from monai.inferers import sliding_window_inference
 from tqdm.auto import tqdm
 
+from activeseg.annotation.project import Project
 from activeseg.data.images import read_image, write_mask_png
 from activeseg.data.patches import Normalizer, resample, resize
 from activeseg.data.sources import ImageFile, Sample, find_images
 from activeseg.errors import UserError
-from activeseg.model import UNet
-from activeseg.project import Project
-from activeseg.rundir import atomic_write_bytes
-from activeseg.runtime import Runtime, derive_seed
-from activeseg.scoring import mc_statistics
-from activeseg.train import predict
+from activeseg.files import atomic_write_bytes
+from activeseg.learners import ModelLearner
+from activeseg.runtime import derive_seed
 
 SEG_SUFFIX = "_seg-myelin"
 UNCERTAINTY_SUFFIX = "_uncertainty"
@@ -46,30 +44,27 @@ class Window:
     size: int
     overlap: float = 0.25
     batch: int = 4
-    mc_samples: int = 0
-    mc_batch: int = 10
+    uncertainty: bool = False
     seed: int = 0
 
 
 def segment(
-    model: UNet, image: np.ndarray, window: Window, runtime: Runtime
+    learner: ModelLearner, image: np.ndarray, window: Window
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Probability ``[H, W]`` float32 (and the MC std ``[H, W]`` or ``None``) of a normalised
-    ``image`` ``[H, W]`` at the model's pixel size."""
+    ``image`` ``[H, W]`` at the model's pixel size, by the trained network(s) of ``learner``
+    (MC dropout with the learner's ``scoring`` settings; a committee's members)."""
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
     counter = [0]
 
     def predictor(batch: torch.Tensor) -> torch.Tensor:
-        if window.mc_samples < 2:
-            return predict(model, batch, runtime)
+        if not window.uncertainty:
+            return learner.probabilities(batch)
         ids = list(range(counter[0], counter[0] + len(batch)))
         counter[0] += len(batch)
-        stats = mc_statistics(
-            model, batch, ids, window.mc_samples, window.mc_batch, window.seed, runtime
-        )
+        stats = learner.mc(batch, ids, window.seed)
         return torch.cat([stats.mean[:, :1], stats.std[:, :1]], 1)
 
-    model.eval()
     with torch.inference_mode():
         out = sliding_window_inference(
             x,
@@ -82,23 +77,22 @@ def segment(
         )
     assert isinstance(out, torch.Tensor)
     maps = out[0].float().numpy()
-    return maps[0], (maps[1] if window.mc_samples >= 2 else None)
+    return maps[0], (maps[1] if window.uncertainty else None)
 
 
 def segment_file(
-    model: UNet,
+    learner: ModelLearner,
     image: np.ndarray,
     pixel_size: float | None,
     model_pixel_size: float | None,
     window: Window,
-    runtime: Runtime,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Probability and optional std of ``image`` ``[H, W]`` (in [0, 1], ``pixel_size`` µm),
     at the image's own pixels; the image is standardised by its own mean and std (see
-    :func:`activeseg.project.image_normalizer`)."""
+    :func:`activeseg.data.prepare.image_normalizer`)."""
     sample = Sample("image", image, np.zeros(image.shape, np.uint8), pixel_size)
     small = resample(sample, model_pixel_size).image
-    prob, std = segment(model, Normalizer.fit(small)(small), window, runtime)
+    prob, std = segment(learner, Normalizer.fit(small)(small), window)
     if prob.shape != image.shape:
         prob = resize(prob, image.shape)
         std = None if std is None else resize(std, image.shape)
@@ -124,25 +118,17 @@ def predict_images(
     if not 0 <= overlap < 1:
         raise UserError(f"--overlap must be in [0, 1), got {overlap}")
     files = _input_files(inputs, pixel_size, project.config.data.modality)
-    model, runtime, cfg = project.load_model(), project.runtime(), project.config
+    learner, cfg = project.load_learner(), project.config
     window = Window(
         size=cfg.data.patch_size,
         overlap=overlap,
-        mc_samples=cfg.scoring.mc_samples if uncertainty else 0,
-        mc_batch=cfg.scoring.mc_batch,
+        uncertainty=uncertainty,
         seed=derive_seed(cfg.loop.seed, "predict"),
     )
     written = []
     for f in tqdm(files, desc="predict", unit="image", disable=not progress):
         size = _pixel_size(project, f, pixel_size)
-        prob, std = segment_file(
-            model,
-            read_image(f.path),
-            size,
-            cfg.data.pixel_size,
-            window,
-            runtime,
-        )
+        prob, std = segment_file(learner, read_image(f.path), size, cfg.data.pixel_size, window)
         target = out / f"{f.name}{SEG_SUFFIX}.png"
         write_mask_png(target, (prob >= cfg.scoring.threshold).astype(np.uint8))
         if std is not None:

@@ -9,7 +9,8 @@ bit for bit (tested in ``tests/test_ray.py``).
 
 The actors are gang-scheduled in one placement group (all or none), so several runs
 creating scorers at once on a small cluster wait for each other instead of deadlocking.
-Needs the optional Ray extra and a connected Ray (:func:`activeseg.grid.connect_ray`).
+Needs the optional Ray extra and a connected Ray
+(:func:`activeseg.simulation.executors.connect_ray`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from activeseg.errors import UserError
-from activeseg.model import UNet
 from activeseg.runtime import Runtime
 from activeseg.scoring import McStats, concat, mc_statistics
 
@@ -34,9 +35,9 @@ class _ShardActor:
         torch.set_num_threads(threads)
         self.images = images  # read-only view of the object store: one copy per node
         self.runtime = runtime
-        self.model: UNet | None = None
+        self.model: nn.Module | None = None
 
-    def load(self, model: UNet) -> None:
+    def load(self, model: nn.Module) -> None:
         self.model = model
 
     def statistics(self, ids: np.ndarray, samples: int, batch: int, seed: int) -> McStats:
@@ -101,7 +102,7 @@ class ShardedScorer:
             for i in range(shards)
         ]
 
-    def set_model(self, model: UNet) -> None:
+    def set_model(self, model: nn.Module) -> None:
         """Give every actor a copy of ``model`` (sent once; actors run calls in order)."""
         ref = self._ray.put(copy.deepcopy(model).cpu())
         for actor in self.actors:

@@ -1,10 +1,11 @@
-"""Acquisition strategies: a per-pixel map and one score per pool patch; batch selection.
+"""Acquisition strategies: a per-pixel map and one score per pool patch.
 
 A strategy is a small object with a ``name``, a flag ``needs_mc`` (whether it reads
-statistics), ``committee`` (``None``: the single U-Net scored by MC dropout; else the name of
-the committee whose members play the MC samples, see :mod:`activeseg.committee`),
+statistics), ``committee`` (``None``: the single network scored by MC dropout; else the name
+of the committee whose members play the MC samples, see :mod:`activeseg.committee`),
 ``score(stats, n, rng) -> Scores`` per chunk of the pool and ``finalize(pool) -> scores``
-once per pass. Strategies register by name (:data:`STRATEGIES`, :func:`get_strategy`); the
+once per pass; optionally ``needs_features`` (the learner's descriptors of the pool reach
+``finalize``). Strategies are found by name in :mod:`activeseg.acquisition.registry`; the
 loop only knows this protocol.
 
 Chunking contract: the loop scores the pool in chunks. A strategy with ``needs_mc`` is called
@@ -17,10 +18,11 @@ images (:class:`PoolScores`) and returns the ranking scores: the identity for pe
 strategies; pool-level terms (``svgd_mi``'s min–max normalisation and its mutual information
 with the labelled images) belong there.
 
-Committees: ``<strategy>@<committee>`` (e.g. ``bald@ensemble``, ``random@svgd``) runs any
-registered strategy on a committee; ``ensemble`` and ``svgd`` are ``entropy@ensemble`` and
-``entropy@svgd`` (the entropy of the committee mean, Nath et al.'s uncertainty term alone), and
-``svgd_mi`` is Nath et al.'s score on the SVGD committee (:class:`NathStrategy`).
+Committees: ``<strategy>@<committee>`` (e.g. ``bald@ensemble``, ``random@svgd``,
+:class:`OnCommittee`) runs any registered strategy on a committee; ``ensemble`` and ``svgd``
+are ``entropy@ensemble`` and ``entropy@svgd`` (the entropy of the committee mean, Nath et
+al.'s uncertainty term alone), and ``svgd_mi`` is Nath et al.'s score on the SVGD committee
+(:class:`NathStrategy`).
 
 ``std_edt`` weights the std map by a Euclidean distance transform of the thresholded mean
 prediction so that pixels at predicted class borders — where uncertainty is inherent —
@@ -37,7 +39,6 @@ weigh least. Two distances are offered (``ScoringConfig.edt``):
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -46,14 +47,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from activeseg.cover import cover_ranking
+from activeseg.acquisition.cover import cover_ranking
+from activeseg.acquisition.similarity import min_max, mutual_information, quantise
+from activeseg.config import COMMITTEE_KINDS, EDT_MODES
 from activeseg.errors import UserError
 from activeseg.scoring import McStats, entropy
-from activeseg.similarity import min_max, mutual_information, quantise
-
-EDT_MODES = ("border", "foreground")
-COMMITTEE_KINDS: tuple[str, ...] = ("ensemble", "svgd")
-"""Committees a strategy may run on (trained by :mod:`activeseg.committee`)."""
 
 
 @dataclass(frozen=True)
@@ -183,7 +181,6 @@ class MapStrategy:
         return pool.scores
 
 
-StdStrategy = MapStrategy  # the foundation's name of the std family
 
 
 @dataclass(frozen=True)
@@ -293,90 +290,34 @@ def edt_weight(pred: torch.Tensor, mode: str) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _check_k(k: int, n: int) -> None:
-    if k < 1:
-        raise UserError(f"query size k must be >= 1, got {k}")
-    if k > n:
-        raise UserError(f"cannot select {k} patches from a pool of {n}; lower k")
+@dataclass(frozen=True)
+class OnCommittee:
+    """The strategy ``base`` run on the committee ``committee`` (``<base>@<committee>``):
+    the same scores, with the committee's members in place of MC samples."""
 
+    base: Strategy
+    committee: str
 
-def select_top_k(scores: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Positions of the ``k`` highest scores, best first; ties are broken by a random order
-    drawn from ``rng`` (so equal scores do not favour low positions)."""
-    _check_k(k, len(scores))
-    tiebreak = rng.permutation(len(scores))
-    order = np.lexsort((tiebreak, -np.asarray(scores, dtype=np.float64)))
-    return order[:k]
+    def __post_init__(self) -> None:
+        if self.committee not in COMMITTEE_KINDS:
+            raise UserError(
+                f"unknown committee {self.committee!r}; one of {', '.join(COMMITTEE_KINDS)}"
+            )
 
+    @property
+    def name(self) -> str:
+        return f"{self.base.name}@{self.committee}"
 
-def select_stochastic_batch(
-    scores: np.ndarray, k: int, rng: np.random.Generator, groups: int = 100
-) -> np.ndarray:
-    """Gaillochet et al. (2023) stochastic batches: draw ``groups`` random groups of ``k``
-    distinct positions (groups may overlap), score each group by the mean of its members'
-    scores and return the best group (ties: the first drawn), best member first. ``k = 1``
-    draws single patches, so it is not top-1."""
-    _check_k(k, len(scores))
-    if groups < 1:
-        raise UserError(f"loop.stochastic_groups must be >= 1, got {groups}")
-    scores = np.asarray(scores, dtype=np.float64)
-    members = np.argsort(rng.random((groups, len(scores))), axis=1)[:, :k]  # [groups, k]
-    best = members[int(np.argmax(scores[members].mean(1)))]
-    return best[np.argsort(-scores[best], kind="stable")]
+    @property
+    def needs_mc(self) -> bool:
+        return self.base.needs_mc
 
+    @property
+    def needs_features(self) -> bool:
+        return bool(getattr(self.base, "needs_features", False))
 
-SELECTIONS = ("top_k", "stochastic")
+    def score(self, stats: McStats | None, n: int, rng: np.random.Generator) -> Scores:
+        return self.base.score(stats, n, rng)
 
-
-def get_selection(
-    name: str, groups: int = 100
-) -> Callable[[np.ndarray, int, np.random.Generator], np.ndarray]:
-    """The batch selection ``(scores [N], k, rng) -> positions [k]`` named ``name``
-    (``loop.selection``): ``top_k`` or ``stochastic`` (with ``groups`` random groups)."""
-    if name == "top_k":
-        return select_top_k
-    if name == "stochastic":
-        return lambda scores, k, rng: select_stochastic_batch(scores, k, rng, groups)
-    raise UserError(f"loop.selection: {name!r} is not one of {', '.join(SELECTIONS)}")
-
-
-def get_strategy(
-    name: str, edt: str = "border", threshold: float = 0.5, cover_candidates: int = 16
-) -> Strategy:
-    """The strategy registered under ``name`` (see :data:`STRATEGIES`), or
-    ``<registered>@<committee>`` for a registered strategy run on a committee;
-    ``cover_candidates``: the K of ``max_cover``."""
-    base, sep, kind = name.partition("@")
-    if base not in STRATEGIES or (sep and kind not in COMMITTEE_KINDS):
-        choices = ", ".join(STRATEGIES)
-        raise UserError(
-            f"unknown strategy {name!r}; choose from: {choices} (or <strategy>@<committee>, "
-            f"committee one of {', '.join(COMMITTEE_KINDS)})"
-        )
-    strategy = STRATEGIES[base](edt, threshold)
-    if isinstance(strategy, MaxCoverStrategy):
-        strategy = dataclasses.replace(strategy, candidates=cover_candidates)
-    if sep:
-        strategy = dataclasses.replace(strategy, name=name, committee=kind)  # type: ignore[type-var]
-    return strategy
-
-
-STRATEGIES: dict[str, Callable[[str, float], Strategy]] = {
-    "random": lambda edt, thr: RandomStrategy(),
-    "std_sum": lambda edt, thr: MapStrategy("std_sum", threshold=thr),
-    "std_mean": lambda edt, thr: MapStrategy("std_mean", reduction="mean", threshold=thr),
-    "var_sum": lambda edt, thr: MapStrategy("var_sum", "var", threshold=thr),
-    "std_edt": lambda edt, thr: MapStrategy("std_edt", edt=edt, threshold=thr),
-    "entropy": lambda edt, thr: MapStrategy("entropy", "entropy", reduction="mean"),
-    "bald": lambda edt, thr: MapStrategy("bald", "bald", reduction="mean"),
-    "ensemble": lambda edt, thr: MapStrategy(
-        "ensemble", "entropy", reduction="mean", committee="ensemble"
-    ),
-    "svgd": lambda edt, thr: MapStrategy("svgd", "entropy", reduction="mean", committee="svgd"),
-    "svgd_mi": lambda edt, thr: NathStrategy(),
-    # Kuo et al. 2018: the Jensen-Shannon divergence of the members' (here MC samples';
-    # jsd@<committee> for committee members) predictions, averaged over pixels. With equal
-    # weights JSD = H(mean) - mean H(member): BALD's map, reused.
-    "jsd": lambda edt, thr: MapStrategy("jsd", "bald", reduction="mean"),
-    "max_cover": lambda edt, thr: MaxCoverStrategy(),
-}
+    def finalize(self, pool: PoolScores) -> np.ndarray:
+        return self.base.finalize(pool)

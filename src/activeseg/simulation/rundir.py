@@ -1,26 +1,24 @@
-"""The run directory: config, split, per-run JSON-lines records, checkpoints and maps.
+"""The run directory of a simulation: config, split, records, checkpoints and maps.
 
-Layout of ``--out DIR``::
+Layout of ``--out DIR`` (this module is its one description; the report reads it through
+:func:`record_files`, :func:`read_split` and :func:`maps_path`)::
 
     config.yaml                      resolved config (schema version inside)
     split.json                       patch ids of initial / pool / val / test, source images
     records-<strategy>-rep<r>.jsonl  one JSON record per completed iteration
     upper_bound.jsonl                one JSON record per repetition: training on the whole pool
-    checkpoints/<strategy>-rep<r>.pt model weights of the latest iteration
+    checkpoints/<strategy>-rep<r>.pt the model of the latest iteration (activeseg.learners format)
     maps/<strategy>-rep<r>-it<ii>.npz pool uncertainty maps of each iteration (float16)
     run.lock                         held while a process works on the directory
 
-Every file is written to a temporary name in the same folder (``.<name>.<random>.tmp``) and
-renamed into place, so a crash never leaves a half-written file under a final name. A record
-file is only rewritten whole; an iteration counts as completed once its record is in the
-file. Temporaries left by a killed process are never read (no reader matches them) and are
-deleted when the directory is next opened (under its lock, so no writer is active). The lock
-is an ``flock`` on ``run.lock``: the kernel releases it when its process dies, even by SIGKILL.
+Files are written atomically and one process at a time holds the lock (:mod:`activeseg.files`).
+A record file is only rewritten whole; an iteration counts as completed once its record is in
+the file. Temporaries left by a killed process are never read (no reader matches them) and
+are deleted when the directory is next opened under its lock.
 """
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import os
@@ -30,39 +28,48 @@ import zipfile
 from pathlib import Path
 from typing import IO, Any
 
+import filelock
 import numpy as np
 import torch
 
 from activeseg.config import Config, load_yaml, save_yaml, to_dict
 from activeseg.errors import UserError
+from activeseg.files import (
+    acquire_lock,
+    append_json_line,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_records,
+    remove_temporaries,
+)
 
-RECORD_SCHEMA = 1
 UPPER_BOUND_FILE = "upper_bound.jsonl"
+CHECKPOINTS = "checkpoints"
+MAPS = "maps"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def record_files(root: Path) -> list[Path]:
+    """The strategies' record files of the run directory ``root`` (sorted)."""
+    return sorted(root.glob("records-*.jsonl"))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def read_split(root: Path) -> dict[str, Any]:
+    """The stored ``split.json`` of ``root``."""
+    return dict(json.loads((root / "split.json").read_text()))
+
+
+def maps_path(root: Path, strategy: str, repetition: int, iteration: int) -> Path:
+    return root / MAPS / f"{strategy}-rep{repetition}-it{iteration:02d}.npz"
+
+
+def checkpoint_path(root: Path, strategy: str, repetition: int) -> Path:
+    return root / CHECKPOINTS / f"{strategy}-rep{repetition}.pt"
 
 
 class RunDirectory:
     """A run directory opened for writing (holds its lock until :meth:`close`)."""
 
-    _lock: IO[str] | None
+    _lock: filelock.BaseFileLock | None
 
     def __init__(self, root: Path, config: Config, resume: bool) -> None:
         self.root = root
@@ -72,7 +79,7 @@ class RunDirectory:
             raise UserError(
                 f"cannot create the run directory {root} ({exc}); choose another --out"
             ) from exc
-        self._lock = _acquire_lock(root / "run.lock")
+        self._lock = acquire_lock(root / "run.lock", "or use another --out")
         try:
             remove_temporaries(root)
             self._check_config(config, resume)
@@ -119,7 +126,8 @@ class RunDirectory:
 
     def close(self) -> None:
         if self._lock is not None:
-            self._lock.close()
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> RunDirectory:
         return self
@@ -165,13 +173,11 @@ class RunDirectory:
     def save_checkpoint(self, strategy: str, repetition: int, payload: dict[str, Any]) -> None:
         buffer = io.BytesIO()
         torch.save(payload, buffer)
-        atomic_write_bytes(
-            self.root / "checkpoints" / f"{strategy}-rep{repetition}.pt", buffer.getvalue()
-        )
+        atomic_write_bytes(checkpoint_path(self.root, strategy, repetition), buffer.getvalue())
 
     def load_checkpoint(self, strategy: str, repetition: int) -> dict[str, Any]:
         """The payload of :meth:`save_checkpoint` (tensors on the CPU)."""
-        path = self.root / "checkpoints" / f"{strategy}-rep{repetition}.pt"
+        path = checkpoint_path(self.root, strategy, repetition)
         try:
             payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError) as exc:
@@ -181,7 +187,7 @@ class RunDirectory:
         return payload
 
     def maps_path(self, strategy: str, repetition: int, iteration: int) -> Path:
-        return self.root / "maps" / f"{strategy}-rep{repetition}-it{iteration:02d}.npz"
+        return maps_path(self.root, strategy, repetition, iteration)
 
     def maps_writer(self, strategy: str, repetition: int, iteration: int, n: int) -> MapsWriter:
         """A :class:`MapsWriter` for the ``n`` pool patches of one iteration."""
@@ -261,71 +267,6 @@ class MapsWriter:
     def _close_files(self) -> None:
         for handle in self._files.values():
             handle.close()
-
-
-def append_json_line(path: Path, record: dict[str, Any]) -> None:
-    """Rewrite ``path`` whole with ``record`` (schema version added) as a new last line."""
-    old = path.read_bytes() if path.exists() else b""
-    line = json.dumps({"schema": RECORD_SCHEMA, **record}, allow_nan=False) + "\n"
-    atomic_write_bytes(path, old + line.encode())
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Records of one JSON-lines file (empty if it does not exist)."""
-    if not path.exists():
-        return []
-    records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{n} is not valid JSON ({exc}); the file is damaged") from exc
-        if record.get("schema") != RECORD_SCHEMA:
-            raise UserError(f"{path}:{n}: record schema {record.get('schema')!r} unsupported")
-        records.append(record)
-    return records
-
-
-def remove_temporaries(root: Path) -> list[Path]:
-    """Delete the ``.*.tmp`` files and folders a killed writer may have left under ``root``
-    (call only while holding the run's lock); returns what was deleted."""
-    found = sorted(p for p in root.rglob(".*.tmp") if p.exists())
-    for path in found:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    return found
-
-
-def disk_usage(root: Path) -> tuple[int, int]:
-    """Total bytes and number of the files under ``root``."""
-    sizes = [p.stat().st_size for p in root.rglob("*") if p.is_file()]
-    return sum(sizes), len(sizes)
-
-
-def _acquire_lock(path: Path) -> IO[str]:
-    return acquire_lock(path, "or use another --out")
-
-
-def acquire_lock(path: Path, alternative: str = "") -> IO[str]:
-    """Hold an exclusive ``flock`` on ``path`` (created if needed) until the returned handle
-    is closed; the kernel releases it when the process dies. A second holder gets a
-    :class:`UserError` at once (``alternative`` is appended to its advice)."""
-    handle = open(path, "a+")  # noqa: SIM115 - held open while the caller works
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        handle.close()
-        raise UserError(
-            f"{path.parent} is in use by another activeseg process; wait for it to finish"
-            + (f" {alternative}" if alternative else "")
-        ) from exc
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
 
 
 def _differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

@@ -1,0 +1,162 @@
+"""Creating an annotation project: check the user's images and masks, then copy them in.
+
+Everything is checked before the project folder is created, so bad input leaves nothing
+behind. Each image gets its intensity normaliser (:func:`activeseg.data.prepare.image_normalizer`)
+at the model's pixel size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from activeseg.acquisition import get_strategy
+from activeseg.annotation.project import Project
+from activeseg.annotation.state import (
+    HEATMAP_SUFFIX,
+    MASK_SUFFIX,
+    PRED_SUFFIX,
+    PROJECT_SCHEMA,
+    TO_ANNOTATE,
+    Annotation,
+    ProjectImage,
+    Region,
+    State,
+    state_to_json,
+)
+from activeseg.config import save_yaml, validate, with_overrides
+from activeseg.data.images import IMAGE_SUFFIXES, read_image, read_mask, write_mask_png
+from activeseg.data.prepare import image_normalizer
+from activeseg.data.sources import MASK_SUFFIXES, ImageFile, find_images
+from activeseg.errors import UserError
+from activeseg.files import acquire_lock, atomic_write_bytes, atomic_write_text
+from activeseg.presets import preset
+
+
+def init_project(
+    root: Path,
+    images: Path,
+    *,
+    masks: Path | None = None,
+    pixel_size: float | None = None,
+    preset_name: str = "cpu",
+    overrides: dict[str, Any] | None = None,
+    holdout: Sequence[str] = (),
+    mask_suffix: str = MASK_SUFFIX,
+    strategy: str = "std_edt",
+    log: Callable[[str], None] = lambda line: None,
+) -> Project:
+    """Create the project ``root`` from the images of ``images`` (BIDS or a folder) and the
+    whole-image masks found in ``masks`` (``<image stem><suffix>.png|tif``, any depth).
+
+    Everything is checked before the folder is created: bad input leaves nothing behind.
+    ``holdout`` names labelled images kept for validation only.
+    """
+    root = Path(root)
+    config = with_overrides(preset(preset_name), overrides or {})
+    validate(config)
+    get_strategy(strategy, config.scoring)
+    skip = (mask_suffix, *MASK_SUFFIXES, PRED_SUFFIX, HEATMAP_SUFFIX)
+    files = [
+        f
+        for f in find_images(images, pixel_size=pixel_size, modality=config.data.modality)
+        if not f.name.endswith(skip)
+    ]
+    if not files:
+        raise UserError(f"no images in {images} (files ending in a mask suffix are skipped)")
+    found = _match_masks(files, Path(masks), mask_suffix) if masks is not None else {}
+    names = {f.name for f in files}
+    for name in holdout:
+        if name not in names:
+            raise UserError(
+                f"--holdout {name}: no such image; image names: {', '.join(sorted(names))}"
+            )
+        if name not in found:
+            raise UserError(f"--holdout {name}: a held-out image needs a mask in --masks")
+    if set(holdout) >= names:
+        raise UserError("every image is held out; leave at least one image to annotate")
+    mask_arrays = {}
+    for f in files:
+        if f.name in found:
+            mask_arrays[f.name] = read_mask(found[f.name])
+            shape = read_image(f.path).shape
+            if mask_arrays[f.name].shape != shape:
+                raise UserError(
+                    f"mask {found[f.name]} is {mask_arrays[f.name].shape[1]}x"
+                    f"{mask_arrays[f.name].shape[0]} but image {f.path} is {shape[1]}x{shape[0]}"
+                )
+    if root.exists() and any(root.iterdir()):
+        raise UserError(f"{root} exists and is not empty; choose a new project folder")
+    unknown = [f.name for f in files if f.pixel_size is None]
+    if unknown and config.data.pixel_size is not None:
+        warnings.warn(
+            f"no pixel size for {len(unknown)} image(s) (e.g. {unknown[0]}): used at their "
+            f"native size, not resampled to {config.data.pixel_size} µm; give --pixel-size",
+            stacklevel=2,
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    lock = acquire_lock(root / "project.lock")
+    try:
+        entries, annotations = [], []
+        for f in tqdm(files, desc="copying images", leave=False, disable=len(files) < 5):
+            entry = _copy_image(root, f, f.name in holdout, config.data.pixel_size)
+            entries.append(entry)
+            if f.name in mask_arrays:
+                stored = f"annotations/{f.name}{MASK_SUFFIX}.png"
+                write_mask_png(root / stored, mask_arrays[f.name])
+                h, w = mask_arrays[f.name].shape
+                annotations.append(Annotation(f.name, Region(f.name, 0, 0, h, w), stored, "init"))
+        settings = {
+            "schema": PROJECT_SCHEMA,
+            "images": [dataclasses.asdict(e) for e in entries],
+            "mask_suffix": mask_suffix,
+            "strategy": strategy,
+        }
+        atomic_write_text(root / "config.yaml", save_yaml(config))
+        atomic_write_text(root / "state.json", state_to_json(State(tuple(annotations))))
+        atomic_write_text(root / "project.json", json.dumps(settings, indent=1))
+        (root / TO_ANNOTATE).mkdir(exist_ok=True)
+    finally:
+        lock.release()
+    log(
+        f"project {root}: {len(files)} images ({len(holdout)} held out), "
+        f"{len(annotations)} with masks"
+    )
+    return Project(root)
+
+
+def _copy_image(root: Path, f: ImageFile, holdout: bool, pixel_size: float | None) -> ProjectImage:
+    """Copy ``f`` into ``root/images/`` and measure its normaliser at ``pixel_size``."""
+    name = f"images/{f.name}{''.join(f.path.suffixes[-1:]).lower()}"
+    atomic_write_bytes(root / name, f.path.read_bytes())
+    norm = image_normalizer(read_image(f.path), f.pixel_size, pixel_size)
+    return ProjectImage(f.name, name, f.pixel_size, norm.mean, norm.std, holdout)
+
+
+def _match_masks(files: Sequence[ImageFile], folder: Path, suffix: str) -> dict[str, Path]:
+    """Image name -> mask file ``<name><suffix>.<ext>`` (or another known mask suffix, or
+    the bare name) anywhere under ``folder``."""
+    if not folder.is_dir():
+        raise UserError(f"mask folder {folder} not found")
+    by_stem: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            by_stem.setdefault(path.stem, path)
+    found = {}
+    for f in files:
+        for candidate in (f"{f.name}{suffix}", *(f"{f.name}{s}" for s in MASK_SUFFIXES), f.name):
+            if candidate in by_stem and by_stem[candidate] != f.path:
+                found[f.name] = by_stem[candidate]
+                break
+    if not found:
+        raise UserError(
+            f"no mask in {folder} matches an image: expected e.g. "
+            f"{files[0].name}{suffix}.png next to the image names"
+        )
+    return found

@@ -1,0 +1,467 @@
+"""A human-in-the-loop annotation project on disk: images, masks, model and query history.
+
+Layout of ``PROJECT/`` (every path stored inside is relative, so the folder can be moved or
+copied)::
+
+    project.json     images (file, pixel size µm, held out or not, intensity mean and std),
+                     mask suffix, strategy; written once by ``init``
+    config.yaml      the resolved configuration (preset + --set)
+    state.json       annotated regions, pending queries, training rounds (the learning curve)
+    images/          copies of the user's images
+    annotations/     stored masks: ``<image>_seg-myelin-manual.png`` (whole images given at
+                     init) and ``<query>_seg-myelin-manual.png`` (imported regions)
+    model/model.pt   the latest model in the checkpoint format of :mod:`activeseg.learners`
+                     (weights, config, per-image normalisation, round, annotations)
+    to_annotate/     pending queries (:mod:`activeseg.annotation.queries`)
+    project.lock     held while a command changes the project
+
+Files are written atomically and one command at a time holds the lock
+(:mod:`activeseg.files`), so a crash leaves the project as it was before the command (or
+after it). Training, checkpoints and scoring go through the learners of
+:mod:`activeseg.learners` and :func:`activeseg.loop.score_pool`, exactly as in a simulation,
+so every strategy (committees and ``max_cover`` included) works in a project.
+
+Validation: images designated at ``init --holdout`` (with their masks) are never trained on
+nor queried; the model keeps the weights of its best Dice on them (as in the simulation) and
+``status`` reports that Dice, which is therefore slightly optimistic. Without a held-out image
+there is no validation Dice (training patches stand in for model selection); ``status`` then
+reports only the Dice of the model's pre-annotations against the corrected masks (a
+pessimistic estimate: queried regions are the ones the model is least sure of).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from activeseg import loop
+from activeseg.acquisition import Strategy, get_selection, get_strategy
+from activeseg.annotation import queries
+from activeseg.annotation.regions import free_windows
+from activeseg.annotation.state import (
+    DEFAULT_K,
+    MASK_SUFFIX,
+    TO_ANNOTATE,
+    Annotation,
+    ProjectImage,
+    Query,
+    Region,
+    Round,
+    Settings,
+    State,
+    read_json,
+    state_from_json,
+    state_to_json,
+)
+from activeseg.config import Config, load_yaml
+from activeseg.data.images import read_image, read_mask, write_mask_png
+from activeseg.data.patches import PatchSet, resample, tile
+from activeseg.data.sources import Sample
+from activeseg.errors import UserError
+from activeseg.files import acquire_lock, atomic_write_bytes, atomic_write_text, remove_temporaries
+from activeseg.learners import LearnerData, ModelLearner, checkpoint, make_learner, restore
+from activeseg.runtime import Runtime, derive_seed, numpy_generator, resolve
+from activeseg.simulation.tasks import pool_chunk
+
+PER_IMAGE = {"mode": "per_image"}
+"""The normalisation of project models: each image standardised by its own statistics."""
+
+
+@dataclass(frozen=True)
+class Status:
+    n_images: int
+    n_holdout: int
+    n_annotated: int  # regions used for training (held-out images excluded)
+    n_pending: int
+    rounds: tuple[Round, ...]
+    up_to_date: bool  # the latest model was trained on every annotated region
+    pre_dice: float | None  # mean Dice of pre-annotations vs corrected masks
+    gain: float | None  # estimated held-out Dice gain of the next round
+    next_k: int
+
+
+@dataclass(frozen=True)
+class RoundData:
+    """What one round trains and scores on: ``data.images`` holds the candidate ``windows``
+    (ids ``0 .. W-1``, their ``regions``) and then the training patches (ids ``train``, masks
+    ``masks``); validation on the held-out patches (``holdout``) or, without any, on the
+    training patches."""
+
+    data: LearnerData
+    windows: PatchSet
+    regions: list[Region]
+    train: np.ndarray
+    masks: np.ndarray
+    holdout: bool
+
+
+class Project:
+    """An annotation project opened from its folder (see the module docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        if not (self.root / "project.json").is_file():
+            raise UserError(
+                f"{self.root} is not an activeseg project (no project.json); create one with "
+                f"`activeseg init {self.root} --images DIR`"
+            )
+        data = read_json(self.root / "project.json")
+        self.settings = Settings(
+            images=tuple(ProjectImage(**i) for i in data["images"]),
+            mask_suffix=data["mask_suffix"],
+            strategy=data["strategy"],
+        )
+        self.config: Config = load_yaml(self.root / "config.yaml")
+        self._by_name = {i.name: i for i in self.settings.images}
+        self._cache: dict[tuple[str, bool], np.ndarray] = {}
+
+    # ---- files and state -------------------------------------------------------------
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the project's lock (a second writer fails at once) and drop temporaries a
+        killed writer left."""
+        lock = acquire_lock(self.root / "project.lock")
+        try:
+            remove_temporaries(self.root)
+            yield
+        finally:
+            lock.release()
+
+    def state(self) -> State:
+        path = self.root / "state.json"
+        return state_from_json(read_json(path), path)
+
+    def _save_state(self, state: State) -> None:
+        atomic_write_text(self.root / "state.json", state_to_json(state))
+
+    @property
+    def to_annotate(self) -> Path:
+        return self.root / TO_ANNOTATE
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / "model" / "model.pt"
+
+    def image(self, name: str, resampled: bool = False) -> np.ndarray:
+        """Image ``name`` float32 ``[H, W]`` in [0, 1], original or at ``data.pixel_size``."""
+        key = (name, resampled)
+        if key not in self._cache:
+            if resampled:
+                sample = self._sample(name, self.image(name), None)
+                self._cache[key] = resample(sample, self.config.data.pixel_size).image
+            else:
+                self._cache[key] = read_image(self.root / self._by_name[name].file)
+        return self._cache[key]
+
+    def _sample(self, name: str, image: np.ndarray, mask: np.ndarray | None) -> Sample:
+        mask = np.zeros(image.shape, dtype=np.uint8) if mask is None else mask
+        return Sample(name, image, mask, self._by_name[name].pixel_size)
+
+    def scale(self, name: str) -> float:
+        """Resampled pixels per original pixel of image ``name`` (1 without resampling)."""
+        target, own = self.config.data.pixel_size, self._by_name[name].pixel_size
+        return 1.0 if target is None or own is None else own / target
+
+    def is_holdout(self, name: str) -> bool:
+        return self._by_name[name].holdout
+
+    def runtime(self) -> Runtime:
+        return resolve(self.config.train.device, self.config.train.precision)
+
+    def strategy(self, name: str | None = None) -> Strategy:
+        """The strategy ``name`` (default: the project's) for the project's settings."""
+        return get_strategy(name or self.settings.strategy, self.config.scoring)
+
+    # ---- data ------------------------------------------------------------------------
+    def patches(self, annotations: Sequence[Annotation]) -> PatchSet | None:
+        """The annotated regions, normalised by their image's normaliser, resampled and
+        tiled into ``data.patch_size`` patches (images float32 normalised, masks {0, 1})."""
+        samples = [
+            dataclasses.replace(
+                self._sample(
+                    a.region.image,
+                    self._by_name[a.region.image].normalizer(
+                        a.region.crop(self.image(a.region.image))
+                    ),
+                    read_mask(self.root / a.mask),
+                ),
+                name=a.id,
+            )
+            for a in annotations
+        ]
+        if not samples:
+            return None
+        resampled = [resample(s, self.config.data.pixel_size) for s in samples]
+        return tile(resampled, self.config.data.patch_size)
+
+    def round_data(self, state: State) -> RoundData:
+        """The candidate windows and the training and held-out patches of ``state``."""
+        train_ann = self._train_annotations(state)
+        if not train_ann:
+            raise UserError(
+                "nothing annotated to train on yet: give masks at init (--masks DIR) or "
+                f"annotate the regions in {self.to_annotate} and run `activeseg import`"
+            )
+        train = self.patches(train_ann)
+        if train is None or len(train) == 0:
+            raise UserError("the annotated regions give no patch; check data.patch_size")
+        held = self.patches([a for a in state.annotations if self.is_holdout(a.region.image)])
+        windows, regions = self.candidates(state)
+        images = torch.from_numpy(np.concatenate([windows.images, train.images]))
+        ids = np.arange(len(windows), len(windows) + len(train))
+        source = held if held is not None else train
+        val = (torch.from_numpy(source.images), torch.from_numpy(source.masks).float())
+        data = LearnerData(images, val)
+        return RoundData(data, windows, regions, ids, train.masks, held is not None)
+
+    def candidates(self, state: State) -> tuple[PatchSet, list[Region]]:
+        """The windows (normalised resampled patches) that may be queried and their regions
+        in original pixels: the centred patch grid of every image that is not held out,
+        minus windows overlapping an annotated or pending region."""
+        names = [i.name for i in self.settings.images if not i.holdout]
+        samples = [
+            self._sample(n, self._by_name[n].normalizer(self.image(n, resampled=True)), None)
+            for n in names
+        ]
+        taken = [a.region for a in state.annotations] + [q.region for q in state.pending]
+        scales = {n: self.scale(n) for n in names}
+        shapes = {n: self.image(n).shape for n in names}
+        return free_windows(samples, self.config.data.patch_size, scales, shapes, taken)
+
+    # ---- training --------------------------------------------------------------------
+    def _train_annotations(self, state: State) -> list[Annotation]:
+        return [a for a in state.annotations if not self.is_holdout(a.region.image)]
+
+    def _up_to_date(self, state: State, committee: str | None) -> bool:
+        """Whether the saved model is of kind ``committee`` and trained on every annotation."""
+        ids = tuple(a.id for a in self._train_annotations(state))
+        latest = state.rounds[-1] if state.rounds else None
+        return (
+            latest is not None
+            and latest.annotations == ids
+            and latest.committee == committee
+            and self.model_path.is_file()
+        )
+
+    def has_model(self) -> bool:
+        return self.model_path.is_file()
+
+    def train(
+        self, progress: bool = False, force: bool = False, strategy: str | None = None
+    ) -> Round | None:
+        """Train the model of ``strategy`` (default: the project's; a committee for committee
+        strategies) from scratch on every annotated region, seeded by the project's seed (the
+        same annotations give the same model); ``None`` if the latest model already saw them
+        all (unless ``force``)."""
+        committee = self.strategy(strategy).committee
+        with self.locked():
+            state = self.state()
+            if not force and self._up_to_date(state, committee):
+                return None
+            return self._fit(self.round_data(state), state, committee, progress)[0]
+
+    def _fit(
+        self, rd: RoundData, state: State, committee: str | None, progress: bool
+    ) -> tuple[Round, ModelLearner]:
+        learner = make_learner(committee, rd.data, self.config, self.runtime(), progress)
+        start = time.perf_counter()
+        info = learner.fit(rd.train, rd.masks, derive_seed(self.config.loop.seed, "train"))
+        ids = tuple(a.id for a in self._train_annotations(state))
+        val_dice = float(info["val_dice"]) if rd.holdout else None
+        number = len(state.rounds)
+        seconds = time.perf_counter() - start
+        result = Round(number, len(ids), len(rd.train), val_dice, seconds, ids, committee)
+        payload = checkpoint(learner, PER_IMAGE, round=number, annotations=list(ids))
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(self.model_path, buffer.getvalue())
+        self._save_state(dataclasses.replace(state, rounds=(*state.rounds, result)))
+        return result, learner
+
+    def load_learner(self, data: LearnerData | None = None) -> ModelLearner:
+        """The latest trained model as a learner over ``data`` (default: no patches, for
+        whole-image prediction)."""
+        if not self.model_path.is_file():
+            raise UserError(f"{self.root} has no trained model yet; run `activeseg train`")
+        payload = torch.load(self.model_path, map_location="cpu", weights_only=True)
+        empty = torch.zeros((0, 1, 1, 1))
+        data = data or LearnerData(empty, (empty, empty))
+        return restore(payload, data, self.runtime(), where=str(self.model_path))
+
+    # ---- querying --------------------------------------------------------------------
+    def query(
+        self,
+        k: int = DEFAULT_K,
+        strategy: str | None = None,
+        progress: bool = False,
+        on_stage: Callable[[int], None] = lambda stage: None,
+    ) -> list[Query]:
+        """Train if needed, score every candidate region with the strategy (as a simulation
+        scores its pool) and write the ``k`` best to ``to_annotate/`` (crop, pre-annotation,
+        heatmap overlay, JSON). ``on_stage`` is called with 0 (training), 1 (scoring), 2
+        (writing)."""
+        if k < 1:
+            raise UserError(f"-k must be >= 1, got {k}")
+        chosen = self.strategy(strategy)
+        with self.locked():
+            state = self.state()
+            on_stage(0)
+            rd = self.round_data(state)
+            if len(rd.regions) < k:
+                raise UserError(
+                    f"only {len(rd.regions)} candidate regions are left (not annotated, not "
+                    f"pending); ask for -k {len(rd.regions)} or fewer"
+                )
+            if self._up_to_date(state, chosen.committee):
+                learner, number = self.load_learner(rd.data), state.rounds[-1].round
+            else:
+                trained, learner = self._fit(rd, state, chosen.committee, progress)
+                number, state = trained.round, self.state()
+            seed = derive_seed(self.config.loop.seed, "query", number, state.next_query)
+            on_stage(1)
+            picked, scores = self._select(learner, chosen, rd, k, seed, number)
+            on_stage(2)
+            stats = learner.mc(rd.data.images[picked], picked.tolist(), seed)
+            made = []
+            for j, index in enumerate(picked):
+                region = rd.regions[index]
+                qid = f"q{state.next_query + j:04d}-{region.image}"
+                query = Query(qid, region, float(scores[index]), chosen.name, number)
+                self._write_query(query, stats.mean[j, 0].numpy(), stats.std[j, 0].numpy())
+                made.append(query)
+            pending = (*state.pending, *made)
+            self._save_state(
+                dataclasses.replace(state, pending=pending, next_query=state.next_query + k)
+            )
+            return made
+
+    def _select(
+        self,
+        learner: ModelLearner,
+        strategy: Strategy,
+        rd: RoundData,
+        k: int,
+        seed: int,
+        number: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Window positions ``[k]`` picked by ``strategy`` with the model of round
+        ``number``, and every window's score ``[W]``."""
+        pool = np.arange(len(rd.windows))
+        rng = numpy_generator(derive_seed(seed, "strategy"))
+        scores = loop.score_pool(
+            learner,
+            strategy,
+            pool,
+            iteration=number,
+            mc_seed=seed,
+            rng=rng,
+            chunk=pool_chunk(self.config.data.patch_size),
+            on_chunk=lambda chunk: None,
+            labelled=rd.train,
+            images=rd.data.images,
+        )
+        lc = self.config.loop
+        select = get_selection(lc.selection, lc.stochastic_groups)
+        return select(scores, k, numpy_generator(derive_seed(seed, "select"))), scores
+
+    def _write_query(self, query: Query, mean: np.ndarray, std: np.ndarray) -> None:
+        region = query.region
+        queries.write_query(
+            self.to_annotate,
+            query,
+            region.crop(self.image(region.image)),
+            mean,
+            std,
+            self.config.scoring.threshold,
+            f"{query.id}{self.settings.mask_suffix}.png",
+            self._by_name[region.image].pixel_size,
+        )
+
+    # ---- importing -------------------------------------------------------------------
+    def import_masks(
+        self, source: Path | None = None, suffix: str | None = None
+    ) -> queries.ImportResult:
+        """Store the corrected masks ``<query><suffix>.png|tif`` found in ``source`` (default
+        ``to_annotate/``): each is checked (readable, the crop's size, two values); good ones
+        are stored and their query files move to ``to_annotate/imported/``, bad ones are
+        reported and stay pending."""
+        folder = Path(source) if source is not None else self.to_annotate
+        suffix = self.settings.mask_suffix if suffix is None else suffix
+        result = queries.ImportResult()
+        with self.locked():
+            state = self.state()
+            added, done = [], set()
+            for query in state.pending:
+                path = queries.find_mask(folder, f"{query.id}{suffix}")
+                if path is None:
+                    result.waiting.append(query.id)
+                    continue
+                try:
+                    mask = queries.checked_mask(path, query.region, f"{query.id}.png")
+                except UserError as exc:
+                    result.rejected.append((path, str(exc)))
+                    continue
+                stored = f"annotations/{query.id}{MASK_SUFFIX}.png"
+                write_mask_png(self.root / stored, mask)
+                pre = queries.pre_dice(self.to_annotate, query, mask)
+                added.append(Annotation(query.id, query.region, stored, "query", pre))
+                done.add(query.id)
+                result.imported.append(query.id)
+            if added:
+                pending = tuple(q for q in state.pending if q.id not in done)
+                annotations = (*state.annotations, *added)
+                self._save_state(
+                    dataclasses.replace(state, annotations=annotations, pending=pending)
+                )
+                for qid in done:
+                    queries.move_query_files(self.to_annotate, qid)
+        return result
+
+    # ---- status ----------------------------------------------------------------------
+    def status(self) -> Status:
+        state = self.state()
+        latest = max((q.round for q in state.pending), default=None)
+        recent = [q for q in state.pending if q.round == latest]
+        k = len(recent) or DEFAULT_K
+        pre = [a.pre_dice for a in state.annotations if a.pre_dice is not None]
+        committee = self.strategy().committee
+        return Status(
+            n_images=len(self.settings.images),
+            n_holdout=sum(i.holdout for i in self.settings.images),
+            n_annotated=len(self._train_annotations(state)),
+            n_pending=len(state.pending),
+            rounds=state.rounds,
+            up_to_date=self._up_to_date(state, committee),
+            pre_dice=float(np.mean(pre)) if pre else None,
+            gain=estimate_gain(
+                [(r.n_patches, r.val_dice) for r in state.rounds if r.val_dice is not None], k
+            ),
+            next_k=k,
+        )
+
+
+def estimate_gain(curve: Sequence[tuple[int, float]], extra: int, last: int = 4) -> float | None:
+    """Estimated held-out Dice gain from ``extra`` more patches, from the learning curve
+    ``(n_patches, dice)`` of the trainings so far.
+
+    Fits ``dice = a + b * ln(n)`` by least squares to the latest ``last`` points (small-data
+    learning curves are close to linear in log n) and returns ``b * ln((n + extra) / n)`` at
+    the latest ``n``, clipped to ``[0, 1 - dice]``; ``None`` with fewer than two distinct n.
+    """
+    points = list(curve)[-last:]
+    ns = np.array([p[0] for p in points], dtype=np.float64)
+    if len(np.unique(ns)) < 2:
+        return None
+    dice = np.array([p[1] for p in points], dtype=np.float64)
+    slope = np.polyfit(np.log(ns), dice, 1)[0]
+    gain = float(slope * math.log((ns[-1] + extra) / ns[-1]))
+    return min(max(gain, 0.0), 1.0 - float(dice[-1]))

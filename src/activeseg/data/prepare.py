@@ -1,0 +1,89 @@
+"""Data ready for a learner: load, resample, tile, split by source image, normalise.
+
+Two normalisations exist, each with one home here:
+
+* :func:`prepare` (the simulation) fits one :class:`~activeseg.data.patches.Normalizer` on
+  the training-source patches only (never val or test);
+* :func:`image_normalizer` (projects and ``predict``) standardises each image by its own
+  mean and std at the model's pixel size.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from activeseg.config import DataConfig
+from activeseg.data.patches import Normalizer, PatchSet, Split, resample, split_by_source, tile
+from activeseg.data.sources import Sample, load_source
+from activeseg.data.volumes import load_volumes, prepare_volume, volume_patches
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Patches ready for training: ``images`` normalised float32 ``[N, 1, P, P]`` (statistics
+    of the training-source patches only), ``masks`` uint8 ``[N, 1, P, P]``."""
+
+    patches: PatchSet
+    split: Split
+    normalizer: Normalizer
+    images: torch.Tensor
+    masks: np.ndarray
+
+
+def prepare(cfg: DataConfig) -> Prepared:
+    """Load, resample, tile (or fit volumes to one shape), split by source and normalise."""
+    patches = _volume_patches(cfg) if cfg.spatial_dims == 3 else _image_patches(cfg)
+    split = split_by_source(
+        patches, cfg.n_initial, cfg.n_val, cfg.n_test, cfg.n_pool, seed=cfg.split_seed
+    )
+    normalizer = Normalizer.fit(patches.images[split.train])
+    images = torch.from_numpy(normalizer(patches.images))
+    return Prepared(patches, split, normalizer, images, patches.masks)
+
+
+def _volume_patches(cfg: DataConfig) -> PatchSet:
+    """Volumes windowed, resampled to ``cfg.spacing`` and cut into ``patch_size``-cubes."""
+    volumes = [
+        prepare_volume(v, cfg.spacing, cfg.clip, cfg.clip_percentile)
+        for v in load_volumes(cfg.source, cfg.num_classes, seed=cfg.split_seed)
+    ]
+    return volume_patches(volumes, cfg.patch_size, cfg.whole_volume)
+
+
+def _image_patches(cfg: DataConfig) -> PatchSet:
+    """2D images resampled to ``cfg.pixel_size`` and tiled into ``patch_size`` patches."""
+    samples = load_source(
+        cfg.source,
+        pixel_size=cfg.source_pixel_size,
+        modality=cfg.modality,
+        label_suffix=cfg.label_suffix,
+        seed=cfg.split_seed,
+    )
+    unknown = [s.name for s in samples if s.pixel_size is None]
+    if cfg.pixel_size is not None and unknown:
+        warnings.warn(
+            f"no pixel size for {len(unknown)} image(s) (e.g. {unknown[0]}): they are not "
+            f"resampled to data.pixel_size={cfg.pixel_size} µm; give --pixel-size (µm per pixel "
+            "of the folder's images) or --set data.pixel_size=none",
+            stacklevel=2,
+        )
+    return tile([resample(s, cfg.pixel_size) for s in samples], cfg.patch_size)
+
+
+def image_normalizer(
+    image: np.ndarray, pixel_size: float | None, model_pixel_size: float | None
+) -> Normalizer:
+    """The intensity normaliser of one image ``[H, W]``: mean and std of the image
+    resampled to the model's pixel size.
+
+    Each image is standardised by its own statistics, at training, querying and prediction
+    alike: brightness and contrast differ between acquisitions (the AxonDeepSeg SEM images'
+    mean intensity ranges from 0.3 to 0.6), and a model trained on a few regions of one
+    image must not see the others as shifted intensities.
+    """
+    sample = Sample("image", image, np.zeros(image.shape, np.uint8), pixel_size)
+    return Normalizer.fit(resample(sample, model_pixel_size).image)
