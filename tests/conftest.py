@@ -22,7 +22,7 @@ from activeseg.model import UNet
 from activeseg.presets import preset
 from activeseg.runtime import Runtime, resolve, torch_generator
 from activeseg.simulation import simulate
-from activeseg.train import FitResult, fit
+from activeseg.train import FitResult, Labelled, fit
 
 PATCH = 32  # tiny-phantom patch side, pixels
 
@@ -107,10 +107,8 @@ def trained(phantom: Phantom, runtime: Runtime) -> Trained:
     p = phantom
     result = fit(
         model,
-        p.images[p.train],
-        p.masks[p.train],
-        p.images[p.val],
-        p.masks[p.val],
+        Labelled(p.images[p.train], p.masks[p.train]),
+        Labelled(p.images[p.val], p.masks[p.val]),
         cfg,
         runtime,
         torch_generator(0),

@@ -58,7 +58,10 @@ def test_unknown_preset_exits_2_with_one_line(
         ),
         (["--data", "synthetic", "--set", "data.source=x"], "data.source given both"),
         (["--data", "/does/not/exist"], "data source '/does/not/exist' is not a directory"),
-        (["--set", "loop.selection=best"], "loop.selection must be one of top_k, stochastic, got 'best'"),
+        (
+            ["--set", "loop.selection=best"],
+            "loop.selection must be one of top_k, stochastic, got 'best'",
+        ),
         (["--strategies", "bald@forest"], "unknown strategy 'bald@forest'"),
     ],
 )

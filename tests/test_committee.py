@@ -25,7 +25,7 @@ from activeseg.committee import (
 from activeseg.config import TrainConfig
 from activeseg.runtime import Runtime, torch_generator
 from activeseg.scoring import entropy
-from activeseg.train import fit, predict
+from activeseg.train import Labelled, fit, predict
 
 
 def particles(m: int = 4, d: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +134,10 @@ def test_svgd_without_repulsion_is_independent_training(phantom: Phantom, runtim
     no augmentation: the shared generator only draws the batches; validated at the end
     only). Adam sees the gradient / M with eps / M: the same steps."""
     p = phantom
-    data = (p.images[p.train], p.masks[p.train], p.images[p.val], p.masks[p.val])
+    data = (
+        Labelled(p.images[p.train], p.masks[p.train]),
+        Labelled(p.images[p.val], p.masks[p.val]),
+    )
     cfg = tiny_cfg(12, augment=False)
     pair = [make_unet(seed=s, dropout=0.0) for s in (1, 2)]
     alone = [copy.deepcopy(m) for m in pair]
@@ -157,10 +160,8 @@ def test_svgd_logs_the_norms_of_both_terms(phantom: Phantom, runtime: Runtime) -
     models = [make_unet(seed=s) for s in range(3)]
     result = fit_svgd(
         models,
-        p.images[p.train],
-        p.masks[p.train],
-        p.images[p.val],
-        p.masks[p.val],
+        Labelled(p.images[p.train], p.masks[p.train]),
+        Labelled(p.images[p.val], p.masks[p.val]),
         tiny_cfg(6, validate_every=3),
         runtime,
         torch_generator(0),
@@ -196,7 +197,10 @@ def test_svgd_committee_reaches_the_ensemble_dice_and_its_members_differ(
     """Measured (seeds as here, 2026-11-22): ensemble of 3 test Dice 0.9810, SVGD 0.9831; the
     SVGD members' thresholded predictions differ on 2.15 % of the test pixels."""
     p = phantom
-    data = (p.images[p.train], p.masks[p.train], p.images[p.val], p.masks[p.val])
+    data = (
+        Labelled(p.images[p.train], p.masks[p.train]),
+        Labelled(p.images[p.val], p.masks[p.val]),
+    )
     cfg = tiny_cfg(80, validate_every=20)
     ensemble = [make_unet(seed=s) for s in range(3)]
     for s, model in enumerate(ensemble):

@@ -24,7 +24,7 @@ from activeseg.presets import preset
 from activeseg.runtime import Runtime, torch_generator
 from activeseg.scoring import mc_statistics
 from activeseg.simulation import simulate
-from activeseg.train import class_confusion_counts, evaluate, fit, make_loss
+from activeseg.train import Labelled, class_confusion_counts, evaluate, fit, make_loss
 
 
 def _unet3d(seed: int = 0, out_channels: int = 3, base_filters: int = 4) -> UNet:
@@ -139,10 +139,8 @@ def test_3d_unet_learns_the_3d_phantom(runtime: Runtime) -> None:
     ).train
     result = fit(
         model,
-        images[split.pool],
-        masks[split.pool],
-        images[split.val],
-        masks[split.val],
+        Labelled(images[split.pool], masks[split.pool]),
+        Labelled(images[split.val], masks[split.val]),
         cfg,
         runtime,
         torch_generator(0),

@@ -139,9 +139,9 @@ def diverge_at_iteration_one(monkeypatch: pytest.MonkeyPatch, n_initial: int) ->
 
     def fit(*args: Any, **kwargs: Any) -> Any:
         nonlocal done
-        if len(args[1]) == n_initial + 1 and not done:
+        if len(args[1].images) == n_initial + 1 and not done:  # fit(model, train, val, cfg, ...)
             done = True
-            args = (*args[:5], dataclasses.replace(args[5], lr=1e12), *args[6:])
+            args = (*args[:3], dataclasses.replace(args[3], lr=1e12), *args[4:])
         return original(*args, **kwargs)
 
     monkeypatch.setattr(learners, "fit", fit)

@@ -15,7 +15,7 @@ from activeseg.config import TrainConfig
 from activeseg.model import UNet, mc_dropout, probabilities
 from activeseg.runtime import Runtime, derive_seed, resolve, torch_generator
 from activeseg.scoring import McStats, Moments, class_probabilities, entropy, mc_statistics
-from activeseg.train import fit, predict
+from activeseg.train import Labelled, fit, predict
 
 
 def naive_mc(
@@ -159,10 +159,8 @@ def test_scoring_leaves_the_model_trainable_and_in_its_mode(
     p = phantom
     result = fit(
         model,
-        p.images[p.train[:2]],
-        p.masks[p.train[:2]],
-        p.images[p.val[:2]],
-        p.masks[p.val[:2]],
+        Labelled(p.images[p.train[:2]], p.masks[p.train[:2]]),
+        Labelled(p.images[p.val[:2]], p.masks[p.val[:2]]),
         cfg,
         runtime,
         torch_generator(0),

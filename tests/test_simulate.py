@@ -242,7 +242,7 @@ def test_prepare_fits_the_normaliser_on_training_patches_only(tiny_config: Confi
 
 def test_new_models_depend_on_their_seed_only(tiny_config: Config) -> None:
     learner = ModelLearner(
-        learner_data(prepare(tiny_config.data)), tiny_config, resolve("cpu", "fp32"), False
+        learner_data(prepare(tiny_config.data)), tiny_config, resolve("cpu", "fp32")
     )
     state = torch.random.get_rng_state()
     a, b, c = learner.new_model(1), learner.new_model(1), learner.new_model(2)

@@ -19,6 +19,7 @@ from activeseg.config import TrainConfig
 from activeseg.errors import UserError
 from activeseg.runtime import Runtime, torch_generator
 from activeseg.train import (
+    Labelled,
     WeightedBCE,
     augment,
     evaluate,
@@ -51,10 +52,8 @@ def small_fit(
     p = phantom
     result = fit(
         model,
-        p.images[p.train[:n]],
-        p.masks[p.train[:n]],
-        p.images[p.val],
-        p.masks[p.val],
+        Labelled(p.images[p.train[:n]], p.masks[p.train[:n]]),
+        Labelled(p.images[p.val], p.masks[p.val]),
         TrainConfig(**settings),
         runtime,
         torch_generator(seed),
@@ -180,10 +179,8 @@ def test_non_finite_input_stops_with_diverged(phantom: Phantom, runtime: Runtime
     with pytest.raises(UserError, match="training diverged: loss is nan at step 1"):
         fit(
             make_unet(base_filters=4),
-            images,
-            phantom.masks[phantom.train[:4]],
-            phantom.images[phantom.val],
-            phantom.masks[phantom.val],
+            Labelled(images, phantom.masks[phantom.train[:4]]),
+            Labelled(phantom.images[phantom.val], phantom.masks[phantom.val]),
             cfg,
             runtime,
             torch_generator(0),

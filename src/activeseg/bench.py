@@ -357,10 +357,12 @@ def activeseg_train(
 ) -> None:
     """:func:`activeseg.train.fit` for ``steps`` steps (one validation, on one patch, at the
     end)."""
-    from activeseg.train import fit
+    from activeseg.train import Labelled, fit
 
     cfg = TrainConfig(epochs=steps, steps_per_epoch=1, batch_size=batch, validate_every=10**6)
-    fit(model, images, masks, images[:1], masks[:1], cfg, rt, torch_generator(0))
+    fit(
+        model, Labelled(images, masks), Labelled(images[:1], masks[:1]), cfg, rt, torch_generator(0)
+    )
 
 
 def train_step_flops(model: UNet, batch: int, patch: int) -> int:

@@ -49,6 +49,7 @@ from activeseg.scoring import McStats, Moments, concat
 from activeseg.train import (
     ADAM_EPS,
     BestState,
+    Labelled,
     check_finite,
     make_loss,
     make_optimizer,
@@ -190,10 +191,8 @@ class SvgdResult:
 
 def fit_svgd(
     models: Sequence[nn.Module],
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    val_images: torch.Tensor,
-    val_masks: torch.Tensor,
+    train: Labelled,
+    val: Labelled,
     cfg: TrainConfig,
     runtime: Runtime,
     generator: torch.Generator,
@@ -201,18 +200,17 @@ def fit_svgd(
     repulsion: bool = True,
     progress: bool = False,
 ) -> SvgdResult:
-    """Train the particles ``models`` in place by SVGD on ``images`` / ``masks``
-    ``[N, 1, *S]`` for ``cfg.steps`` steps (batches, augmentation and dropout as in
-    :func:`activeseg.train.fit`, one batch shared by all particles) and load the particles
-    of the best committee validation Dice. ``cfg.loss`` is not used: the likelihood is the
-    Dice log-likelihood ``-log(DiceLoss + epsilon)``."""
+    """Train the particles ``models`` in place by SVGD on ``train`` for ``cfg.steps`` steps
+    (batches, augmentation and dropout as in :func:`activeseg.train.fit`, one batch shared
+    by all particles) and load the particles of the best committee Dice on ``val``.
+    ``cfg.loss`` is not used: the likelihood is the Dice log-likelihood
+    ``-log(DiceLoss + epsilon)``."""
     start = time.perf_counter()
     for model in models:
         runtime.place(model)
-    images, masks = runtime.tensor(images), runtime.tensor(masks)
     eps = ADAM_EPS / len(models)  # Adam on φ = ∇ log p / M behaves as Adam on ∇ log p
     optimizers = [make_optimizer(m.parameters(), cfg, eps) for m in models]
-    batches = training_batches(images, masks, cfg, generator)
+    batches = training_batches(train, cfg, runtime, generator)
     best = BestState(models)
     history: list[dict[str, float]] = []
     loss_value = math.nan
@@ -243,7 +241,7 @@ def fit_svgd(
             schedule.step()
         loss_value = sum(losses) / len(losses)
         if validates(step, cfg.steps, cfg):
-            dice = committee_dice(models, val_images, val_masks, runtime)
+            dice = committee_dice(models, *val, runtime)
             history.append(
                 {
                     "step": step,

@@ -53,7 +53,7 @@ from activeseg.metrics import (
 from activeseg.model import output_channels, patch_dropout, seeded_unet
 from activeseg.runtime import Runtime, derive_seed
 from activeseg.scoring import McStats, mc_statistics
-from activeseg.train import FitResult, class_confusion_counts, fit, predict
+from activeseg.train import FitResult, Labelled, class_confusion_counts, fit, predict
 
 CHECKPOINT_FORMAT = 2
 
@@ -65,14 +65,13 @@ reproducible. Must be picklable by ``cloudpickle`` to run on ``workers`` or Ray.
 
 @dataclass(frozen=True)
 class LearnerData:
-    """``images``: every patch by id, normalised float32 ``[N, 1, *S]``; ``val``: images and
-    masks ``[V, 1, *S]`` (model selection during training); ``test``: images and masks of
-    the evaluation (``None``: the learner cannot :meth:`~ModelLearner.evaluate`). Masks are
-    float {0, 1}, or labels 0 .. C-1."""
+    """``images``: every patch by id, normalised float32 ``[N, 1, *S]``; ``val``: the
+    labelled patches of model selection during training; ``test``: those of the evaluation
+    (``None``: the learner cannot :meth:`~ModelLearner.evaluate`)."""
 
     images: torch.Tensor
-    val: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor] | None = None
+    val: Labelled
+    test: Labelled | None = None
 
 
 class Scorer(Protocol):
@@ -103,6 +102,7 @@ class ModelLearner:
         data: LearnerData,
         config: Config,
         runtime: Runtime,
+        *,
         progress: bool = False,
         network: NetworkFactory | None = None,
         scorer: Scorer | None = None,
@@ -133,7 +133,9 @@ class ModelLearner:
     def model(self) -> nn.Module:
         """The trained network (a committee's first member)."""
         if not self.models:
-            raise RuntimeError("fit() must run before the model is used (or load() trained weights)")
+            raise RuntimeError(
+                "fit() must run before the model is used (or load() trained weights)"
+            )
         return self.models[0]
 
     def start(self, weights: dict[str, torch.Tensor] | None = None) -> None:
@@ -152,13 +154,10 @@ class ModelLearner:
         if self.started_from is not None:
             model.load_state_dict(self.started_from)
         self.models = [model]
-        val_images, val_masks = self.data.val
         result = fit(
             model,
-            self.data.images[ids],
-            torch.from_numpy(masks).float(),
-            val_images,
-            val_masks,
+            self._labelled(ids, masks),
+            self.data.val,
             cfg.warm() if warm else cfg,
             self.runtime,
             self.runtime.generator(seed),
@@ -169,6 +168,9 @@ class ModelLearner:
         if self.scorer is not None:
             self.scorer.set_model(model)
         return {"init": "warm" if warm else "scratch", **fit_info(result)}
+
+    def _labelled(self, ids: np.ndarray, masks: np.ndarray) -> Labelled:
+        return Labelled(self.data.images[ids], torch.from_numpy(masks).float())
 
     # ---- predictions -------------------------------------------------------------------
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
@@ -209,7 +211,7 @@ class ModelLearner:
         return torch.cat(parts).numpy() if parts else np.empty((0, 0))
 
     # ---- evaluation --------------------------------------------------------------------
-    def _test(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _test(self) -> Labelled:
         if self.data.test is None:
             raise RuntimeError("this learner has no test set")
         return self.data.test
@@ -263,15 +265,9 @@ class CommitteeLearner(ModelLearner):
     from scratch (``train.init = warm`` applies to single networks)."""
 
     def __init__(
-        self,
-        data: LearnerData,
-        config: Config,
-        runtime: Runtime,
-        kind: str,
-        progress: bool = False,
-        network: NetworkFactory | None = None,
+        self, data: LearnerData, config: Config, runtime: Runtime, kind: str, **options: Any
     ) -> None:
-        super().__init__(data, config, runtime, progress, network)
+        super().__init__(data, config, runtime, **options)
         if kind not in COMMITTEE_KINDS:
             raise UserError(f"unknown committee {kind!r}; one of {', '.join(COMMITTEE_KINDS)}")
         self.committee = kind
@@ -280,13 +276,12 @@ class CommitteeLearner(ModelLearner):
         self._seed = seed
         c, cfg = self.config.committee, self.config.train
         self.models = [self.new_model(derive_seed(seed, "init", m)) for m in range(c.members)]
-        images, targets = self.data.images[ids], torch.from_numpy(masks).float()
+        train = self._labelled(ids, masks)
         if self.committee == "svgd":
             result = fit_svgd(
                 self.models,
-                images,
-                targets,
-                *self.data.val,
+                train,
+                self.data.val,
                 cfg,
                 self.runtime,
                 self.runtime.generator(seed),
@@ -298,9 +293,8 @@ class CommitteeLearner(ModelLearner):
         results = [
             fit(
                 member,
-                images,
-                targets,
-                *self.data.val,
+                train,
+                self.data.val,
                 cfg,
                 self.runtime,
                 self.runtime.generator(derive_seed(seed, "member", m)),
@@ -350,19 +344,15 @@ def fit_info(result: FitResult | SvgdResult) -> dict[str, Any]:
 
 
 def make_learner(
-    committee: str | None,
-    data: LearnerData,
-    config: Config,
-    runtime: Runtime,
-    progress: bool = False,
-    network: NetworkFactory | None = None,
-    scorer: Scorer | None = None,
+    committee: str | None, data: LearnerData, config: Config, runtime: Runtime, **options: Any
 ) -> ModelLearner:
-    """The learner of a strategy's ``committee``: one network with MC dropout for ``None``
-    (scored by ``scorer`` if given; committees score their members in this process)."""
+    """The learner of a strategy's ``committee``: one network with MC dropout for ``None``,
+    else a :class:`CommitteeLearner`; ``options``: ``progress``, ``network`` and (one
+    network only: committees score their members in this process) ``scorer``."""
     if committee is None:
-        return ModelLearner(data, config, runtime, progress, network, scorer)
-    return CommitteeLearner(data, config, runtime, committee, progress, network)
+        return ModelLearner(data, config, runtime, **options)
+    options.pop("scorer", None)
+    return CommitteeLearner(data, config, runtime, committee, **options)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -402,7 +392,9 @@ def restore(
 ) -> ModelLearner:
     """The learner of a checkpoint, ready to predict and score ``data``."""
     config, payload = read_checkpoint(payload, where)
-    learner = make_learner(payload["committee"], data, config, runtime, progress, network)
+    learner = make_learner(
+        payload["committee"], data, config, runtime, progress=progress, network=network
+    )
     learner.load(payload["models"])
     return learner
 

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,14 @@ class WeightedBCE(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         weight = target * self.fg_weight + (1.0 - target) * (1.0 - self.fg_weight)
         return F.binary_cross_entropy_with_logits(logits, target, weight=weight)
+
+
+class Labelled(NamedTuple):
+    """Labelled patches: normalised ``images`` float32 ``[N, 1, *S]`` and their ``masks``
+    ``[N, 1, *S]`` (float {0, 1}, or labels 0 .. C-1 for C > 2 classes)."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
 
 
 def make_loss(name: str, fg_weight: float, channels: int = 1) -> tuple[nn.Module, nn.Module]:
@@ -136,12 +145,13 @@ class BestState:
 
 
 def training_batches(
-    images: torch.Tensor, masks: torch.Tensor, cfg: TrainConfig, generator: torch.Generator
+    train: Labelled, cfg: TrainConfig, runtime: Runtime, generator: torch.Generator
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless training batches ``[batch_size, 1, *S]`` of ``images`` / ``masks`` (on their
-    device): drawn without replacement from reshuffled epochs (with replacement when
+    """Endless training batches ``[batch_size, 1, *S]`` of ``train`` on ``runtime``'s device:
+    drawn without replacement from reshuffled epochs (with replacement when
     ``N < batch_size``), augmented by :func:`augment` if ``cfg.augment``; every draw comes
     from ``generator``."""
+    images, masks = runtime.tensor(train.images), runtime.tensor(train.masks)
     order = _batches(len(images), cfg.batch_size, generator)
     while True:
         idx = next(order).to(images.device)
@@ -189,18 +199,15 @@ class FitResult:
 
 def fit(
     model: nn.Module,
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    val_images: torch.Tensor,
-    val_masks: torch.Tensor,
+    train: Labelled,
+    val: Labelled,
     cfg: TrainConfig,
     runtime: Runtime,
     generator: torch.Generator,
     progress: bool = False,
 ) -> FitResult:
-    """Train ``model`` in place on ``images`` / ``masks`` ``[N, 1, *S]`` (normalised images,
-    {0, 1} masks, or labels 0 .. C-1 for a model of C > 1 output channels) and load the
-    weights of its best validation (mean foreground) Dice.
+    """Train ``model`` in place on ``train`` and load the weights of its best (mean
+    foreground) Dice on ``val``.
 
     Any module mapping ``[B, 1, *S]`` to logits ``[B, C, *S]`` trains (the loss follows C);
     its dropout must be :class:`~activeseg.model.MCDropout` (see
@@ -211,16 +218,15 @@ def fit(
     :class:`~activeseg.errors.TrainingDiverged` (a :class:`UserError`); ``model`` is then left
     half-trained and must be discarded.
     """
-    if len(images) == 0:
+    if len(train.images) == 0:
         raise UserError("no labelled patches to train on")
     start = time.perf_counter()
     runtime.place(model)
-    images, masks = runtime.tensor(images), runtime.tensor(masks)
     optimizer, schedule = make_optimizer(model.parameters(), cfg)
     total = cfg.steps
     best = BestState([model])
     history: list[tuple[int, float, float]] = []
-    batches = training_batches(images, masks, cfg, generator)
+    batches = training_batches(train, cfg, runtime, generator)
     losses: tuple[nn.Module, nn.Module] | None = None
     loss_value = float("nan")
     stale = 0  # validations since the best one
@@ -242,7 +248,7 @@ def fit(
             schedule.step()
             loss_value = float(loss.detach())
             if validates(step, total, cfg):
-                dice = evaluate(model, val_images, val_masks, runtime)["dice"]
+                dice = evaluate(model, val.images, val.masks, runtime)["dice"]
                 history.append((step, loss_value, dice))
                 stale = 0 if best.offer(dice, step, [model]) else stale + 1
                 bar.set_postfix(loss=f"{loss_value:.3f}", val_dice=f"{dice:.3f}")

@@ -181,8 +181,6 @@ class MapStrategy:
         return pool.scores
 
 
-
-
 @dataclass(frozen=True)
 class NathStrategy:
     """Nath et al. (2021): ``H_norm - weight * MI_norm``.

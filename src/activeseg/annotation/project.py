@@ -71,6 +71,7 @@ from activeseg.files import acquire_lock, atomic_write_bytes, atomic_write_text,
 from activeseg.learners import LearnerData, ModelLearner, checkpoint, make_learner, restore
 from activeseg.runtime import Runtime, derive_seed, numpy_generator, resolve
 from activeseg.simulation.tasks import pool_chunk
+from activeseg.train import Labelled
 
 PER_IMAGE = {"mode": "per_image"}
 """The normalisation of project models: each image standardised by its own statistics."""
@@ -219,7 +220,7 @@ class Project:
         images = torch.from_numpy(np.concatenate([windows.images, train.images]))
         ids = np.arange(len(windows), len(windows) + len(train))
         source = held if held is not None else train
-        val = (torch.from_numpy(source.images), torch.from_numpy(source.masks).float())
+        val = Labelled(torch.from_numpy(source.images), torch.from_numpy(source.masks).float())
         data = LearnerData(images, val)
         return RoundData(data, windows, regions, ids, train.masks, held is not None)
 
@@ -272,7 +273,7 @@ class Project:
     def _fit(
         self, rd: RoundData, state: State, committee: str | None, progress: bool
     ) -> tuple[Round, ModelLearner]:
-        learner = make_learner(committee, rd.data, self.config, self.runtime(), progress)
+        learner = make_learner(committee, rd.data, self.config, self.runtime(), progress=progress)
         start = time.perf_counter()
         info = learner.fit(rd.train, rd.masks, derive_seed(self.config.loop.seed, "train"))
         ids = tuple(a.id for a in self._train_annotations(state))
@@ -294,7 +295,7 @@ class Project:
             raise UserError(f"{self.root} has no trained model yet; run `activeseg train`")
         payload = torch.load(self.model_path, map_location="cpu", weights_only=True)
         empty = torch.zeros((0, 1, 1, 1))
-        data = data or LearnerData(empty, (empty, empty))
+        data = data or LearnerData(empty, Labelled(empty, empty))
         return restore(payload, data, self.runtime(), where=str(self.model_path))
 
     # ---- querying --------------------------------------------------------------------

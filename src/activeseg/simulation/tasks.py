@@ -41,6 +41,7 @@ from activeseg.learners import (
 )
 from activeseg.runtime import derive_seed, resolve
 from activeseg.simulation.rundir import MapsWriter, RunDirectory
+from activeseg.train import Labelled
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,8 @@ def learner_data(data: Prepared) -> LearnerData:
     """The prepared patches as a learner sees them: images by id, validation and test."""
     split = data.split
 
-    def labelled(ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return data.images[ids], torch.from_numpy(data.masks[ids]).float()
+    def labelled(ids: np.ndarray) -> Labelled:
+        return Labelled(data.images[ids], torch.from_numpy(data.masks[ids]).float())
 
     return LearnerData(data.images, labelled(split.val), labelled(split.test))
 
@@ -159,7 +160,13 @@ def execute_task(
         scorer = ShardedScorer(data.images, task.shards, runtime)
     try:
         learner = make_learner(
-            committee, learner_data(data), config, runtime, progress, task.network, scorer
+            committee,
+            learner_data(data),
+            config,
+            runtime,
+            progress=progress,
+            network=task.network,
+            scorer=scorer,
         )
         oracle = SimulatedOracle(data.masks)
         seed = derive_seed(config.loop.seed, rep)
