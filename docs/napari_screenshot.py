@@ -1,10 +1,10 @@
-"""Screenshot of the napari annotation widget on an activeseg project (for the README).
+"""Screenshot of the napari annotation widget on an activeseg project (for docs/annotation.md).
 
     python docs/napari_screenshot.py PROJECT docs/napari-widget.png
 
 Renders the whole viewer where OpenGL works (e.g. under ``xvfb-run`` with Mesa); on a
-platform without OpenGL (``QT_QPA_PLATFORM=offscreen`` here) it saves the dock widget alone
-(``QWidget.grab``).
+platform without OpenGL (e.g. headless, ``QT_QPA_PLATFORM=offscreen``) it saves the dock
+widget alone (``QWidget.grab``).
 """
 
 from __future__ import annotations
