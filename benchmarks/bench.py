@@ -2,7 +2,7 @@
 
     pip install -e ".[bench]"   # baal, the reference implementation
     python benchmarks/bench.py --json bench.json \\
-        --sem ../shared/data/data_axondeepseg_sem
+        --sem data_axondeepseg_sem
 
 Arguments as ``activeseg bench --help``.
 """

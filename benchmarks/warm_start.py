@@ -4,7 +4,7 @@ Runs the same simulation twice (``train.init=scratch`` and ``warm``, identical s
 and preset) into ``OUT/scratch`` and ``OUT/warm`` (``--resume``-able), then prints one table
 per iteration (mean over repetitions) and writes ``OUT/warm_vs_scratch.json``::
 
-    python benchmarks/warm_start.py --data ../shared/data/data_axondeepseg_sem --out runs/warm
+    python benchmarks/warm_start.py --data data_axondeepseg_sem --out runs/warm
 
 With the ``random`` strategy both runs label the same patches at every iteration (its choice
 does not depend on the model), so the Dice difference is the effect of the initialisation

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from activeseg.annotation.project import Project, estimate_gain
@@ -170,3 +171,43 @@ def test_bad_init_input_leaves_nothing_and_names_the_problem(
     assert not (tmp_path / "p").exists()
     assert main(["status", str(tmp_path / "p")]) == 2
     assert "is not an activeseg project" in capsys.readouterr().err
+
+
+def test_every_random_stream_of_a_project_lives_on_the_model_device(
+    data: tuple[Path, dict[str, np.ndarray]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: project training drew its dropout masks and batches from a CPU generator
+    whatever the device (a CUDA model then fails). ``cpu:0`` stands in for a second device:
+    every generator made while training and querying must be made on it."""
+    project = tmp_path / "p"
+    assert _tiny(data, project, "--set", "train.device=cpu:0") == 0
+    made: list[torch.device] = []
+
+    class Recording(torch.Generator):
+        def __new__(cls, device: str | torch.device = "cpu") -> Recording:
+            made.append(torch.device(device))
+            return super().__new__(cls, device=device)
+
+    monkeypatch.setattr(torch, "Generator", Recording)
+    assert len(Project(project).query(2)) == 2
+    assert made and set(made) == {torch.device("cpu:0")}
+
+
+@pytest.mark.parametrize("strategy", ["max_cover", "ensemble", "svgd_mi"])
+def test_strategies_of_any_kind_work_in_a_project(
+    data: tuple[Path, dict[str, np.ndarray]], tmp_path: Path, strategy: str
+) -> None:
+    """Regression: ``max_cover`` was accepted, then failed without features; committees were
+    refused. A project scores with the simulation's learners and ``score_pool``."""
+    project = tmp_path / "p"
+    assert _tiny(data, project, "--set", "committee.members=2") == 0
+    queries = Project(project).query(2, strategy=strategy)
+    assert len(queries) == 2 and {q.strategy for q in queries} == {strategy}
+    assert len({q.region for q in queries}) == 2
+    p = Project(project)
+    committee = p.strategy(strategy).committee
+    assert p.state().rounds[-1].committee == committee
+    learner = p.load_learner()
+    assert learner.committee == committee
+    assert len(learner.models) == (1 if committee is None else 2)
+    assert p.status().up_to_date == (committee is None)  # the project's own is std_edt

@@ -99,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
 
     project_cli.add_parsers(sub)
 
+    get = sub.add_parser("get-data", help="download a public dataset, pinned by checksums")
+    get.add_argument("dataset", choices=("data_axondeepseg_sem",), help="which dataset")
+    get.add_argument("out", type=Path, metavar="OUT", help="new folder for the dataset")
+    check = sub.add_parser("check-data", help="verify a dataset against activeseg's checksums")
+    check.add_argument("folder", type=Path, metavar="FOLDER")
+    check.add_argument("--dataset", default="data_axondeepseg_sem", help="(default %(default)s)")
+
     show = sub.add_parser("config", help="print the resolved config of a preset as YAML")
     show.add_argument("--preset", default="cpu")
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -173,6 +180,17 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command in project_cli.COMMANDS:
         return project_cli.run(args)
+    if args.command == "get-data":
+        from activeseg.data.download import fetch_dataset
+
+        fetch_dataset(args.out, args.dataset)
+        return 0
+    if args.command == "check-data":
+        from activeseg.data.download import check_dataset
+
+        n = check_dataset(args.folder, args.dataset)
+        print(f"{args.folder}: all {n} files of {args.dataset} match activeseg's checksums")
+        return 0
     if args.command == "config":
         print(save_yaml(with_overrides(preset(args.preset), parse_assignments(args.set))), end="")
         return 0

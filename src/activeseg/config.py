@@ -125,7 +125,7 @@ class ScoringConfig:
     """
 
     mc_samples: int = 50
-    mc_batch: int = 10  # fastest with native bf16 (README Performance); 5 was, in fp32 on AVX2
+    mc_batch: int = 10  # fastest with native bf16 (docs/performance.md); 5 was, on AVX2
     threshold: float = 0.5
     edt: str = "border"
     test_uncertainty: bool = True

@@ -24,7 +24,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.epochs": 800,
         "loop.repetitions": 3,
     },
-    # Reduced for a 2-core CPU; measured in README ("Presets").
+    # Reduced for a 2-core CPU; measured in benchmarks/README.md.
     "cpu": {
         "data.pixel_size": 0.2,
         "data.patch_size": 128,
@@ -100,7 +100,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "loop.repetitions": 5,
         "loop.save_maps": False,
     },
-    # Hippocampus on a 2-core CPU: measured in README ("3D volumes").
+    # Hippocampus on a 2-core CPU: measured in benchmarks/README.md.
     "cpu-3d": {
         "data.spatial_dims": 3,
         "data.num_classes": 3,

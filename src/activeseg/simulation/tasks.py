@@ -63,10 +63,9 @@ class GridTask:
 
 @dataclass(frozen=True)
 class TaskResult:
-    """What a finished task did: ``trainings`` it ran; the upper-bound record, for the
-    caller to store (its runs write their own records)."""
+    """What a finished task did (plain data, returned from any process): ``trainings`` it
+    ran; the upper-bound record, for the caller to store (runs write their own records)."""
 
-    task: GridTask
     trainings: int
     upper_bound: dict[str, Any] | None = None
 
@@ -172,10 +171,10 @@ def execute_task(
         seed = derive_seed(config.loop.seed, rep)
         if strategy is None:
             ids = data.split.train
-            return TaskResult(task, 1, upper_bound_record(learner, oracle, ids, rep, seed))
+            return TaskResult(1, upper_bound_record(learner, oracle, ids, rep, seed))
         run = RunDirectory.attach(task.out)
         trainings = run_strategy(run, learner, oracle, strategy, data, rep, seed, log)
-        return TaskResult(task, trainings)
+        return TaskResult(trainings)
     finally:
         if scorer is not None:
             scorer.close()
