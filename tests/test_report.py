@@ -25,6 +25,7 @@ from activeseg.report.context import Context
 from activeseg.report.records import Run
 from activeseg.report.sections import verdict_section
 from activeseg.report.verdict import (
+    Paired,
     Spread,
     StrategyCurves,
     aulc,
@@ -32,6 +33,7 @@ from activeseg.report.verdict import (
     count_axons,
     paired_test,
     patches_to_reach,
+    repetitions_needed,
     sentences,
     verdict,
 )
@@ -358,8 +360,9 @@ def test_keep_policy_measures_x_in_unique_annotated_patches(tmp_path: Path) -> N
     v = compute_verdict(run, {2: 1, 3: 2, 4: 4})
     assert v is not None
     (s,) = v.strategies
-    # rep 0: x 0, 1, 1 -> area (0.5 + 0.7) / 2 over range 1; rep 1: (0.55 + 0.65) / 2
-    assert s.aulc.values == pytest.approx((0.6, 0.6))
+    # one x-range for all, [0, 2]: rep 0 (x 0, 1, 1) holds its final 0.8 from x = 1 to 2,
+    # (0.6 + 0.8) / 2; rep 1 (x 0, 1, 2): (0.55 + 0.65) / 2
+    assert s.aulc.values == pytest.approx((0.7, 0.6))
     assert s.to_baseline.values == (1.0, None)  # target 0.75: rep 0 at its 3rd point, x = 1
     assert s.hours_budget.values == pytest.approx((1 * 3 / 60, 6 * 3 / 60))  # patch 2 once
     assert v.budget == 2.0
@@ -375,3 +378,52 @@ def test_verdict_table_ranks_strategies_by_aulc(tmp_path: Path) -> None:
     assert table.header[:4] == ["rank", "strategy", "final test Dice", "AULC"]
     assert [row[:2] for row in table.rows] == [["1", "std_edt"], ["2", "random"]]
     assert table.rows[0][3] == "0.656 ± 0.019"
+
+
+def test_repetitions_needed_matches_the_power_tables() -> None:
+    """One-sample (paired) t-test, two-sided alpha 0.05, power 0.8: effect size d = 1 needs
+    10 pairs and d = 0.5 needs 34 (Cohen 1988; G*Power's "t tests - means: difference from
+    constant"). Scale does not matter, only mean / std."""
+    assert repetitions_needed(Paired(0.010, 0.010, 3, 0.3)) == 10
+    assert repetitions_needed(Paired(-0.004, 0.008, 5, 0.3)) == 34
+    assert repetitions_needed(Paired(0.02, 0.0, 3, 0.0)) == 2  # no spread at all
+    assert repetitions_needed(Paired(0.0, 0.01, 3, 1.0)) is None  # no difference to detect
+    assert repetitions_needed(Paired(0.01, math.nan, 1, math.nan)) is None
+
+
+def _curves(initial: list[float], step: float) -> StrategyCurves:
+    dice = np.array([[d, d + step, d + 2 * step] for d in initial])
+    return StrategyCurves("random", np.arange(3.0), dice)
+
+
+def test_the_verdict_first_says_when_labels_cannot_move_the_dice() -> None:
+    """Iteration 0 varies by 0.02 over repetitions (same data, other seeds); a whole-pool
+    model only 0.03 better cannot show any saving: the first sentence says so and names the
+    fixes."""
+    flat = verdict([_curves([0.70, 0.72, 0.74], 0.005)], upper_dice=[0.73, 0.75, 0.77])
+    room = flat.headroom
+    assert room is not None and room.noise == pytest.approx(0.02)
+    assert room.gain.mean == pytest.approx(0.03) and room.clear is False
+    first = sentences(flat)[0]
+    assert first.startswith("This run cannot show a saving")
+    assert "0.020" in first and "train.epochs" in first and "more repetitions" in first
+    steep = verdict([_curves([0.70, 0.71, 0.70], 0.02)], upper_dice=[0.82, 0.83, 0.81])
+    assert steep.headroom is not None and steep.headroom.clear is True
+    assert sentences(steep)[0].startswith("Headroom: the whole-pool model beats iteration 0")
+    assert verdict([_curves([0.7], 0.01)], upper_dice=[0.8]).headroom.clear is None  # type: ignore[union-attr]
+    assert verdict([_curves([0.7, 0.71], 0.01)]).headroom is None  # no upper bound
+
+
+def test_aulc_shares_one_x_range_and_survives_nothing_new_annotated() -> None:
+    """With ``pool_policy = keep`` a repetition may annotate fewer new patches (re-picks):
+    its curve keeps its last Dice to the common end; no new patch at all is no division by
+    zero."""
+    assert aulc(np.array([0.0, 1.0]), np.array([0.5, 0.7]), end=3.0) == pytest.approx(
+        (0.6 + 0.7 + 0.7) / 3
+    )
+    assert aulc(np.array([0.0, 0.0, 0.0]), np.array([0.5, 0.6, 0.7])) == pytest.approx(0.6)
+    keep = StrategyCurves(
+        "random", np.array([[0.0, 1.0, 1.0], [0.0, 1.0, 2.0]]), np.array([[0.5, 0.7, 0.8]] * 2)
+    )
+    v = verdict([keep])
+    assert v.strategies[0].aulc.values == pytest.approx(((0.6 + 0.8) / 2, (0.6 + 0.75) / 2))

@@ -15,6 +15,13 @@ repetition, summarised as mean ± sample std over repetitions):
 * **within noise**: a strategy differs from the baseline only if a two-sided paired t-test on
   the per-repetition AULC differences (repetitions share their seeds, so their iteration-0
   models are identical) gives p < :data:`ALPHA`; otherwise the sentence says "within noise".
+* **headroom and noise**: what labels can move at all — the whole-pool Dice minus the
+  iteration-0 Dice, per repetition — against the training noise, the sample std of the
+  iteration-0 Dice over repetitions (same data and initial set, other seeds). Unless the
+  headroom exceeds :data:`NOISE_FACTOR` times the noise, no strategy can be told apart and the
+  verdict says so first.
+* **power**: the repetitions a paired t-test (:data:`ALPHA`, power :data:`POWER`) needs to
+  detect an AULC difference of the size observed, from the noncentral t distribution.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ if TYPE_CHECKING:
 MINUTES_PER_AXON = 3.0  # the paper's estimate of manual annotation time per axon
 UPPER_FRACTION = 0.95
 ALPHA = 0.05
+POWER = 0.8  # of the repetitions estimate
+NOISE_FACTOR = 3.0  # the headroom must exceed this many times the training noise
 BASELINE = "random"
 
 
@@ -88,14 +97,20 @@ def patches_to_reach(added: np.ndarray, dice: np.ndarray, target: float) -> floa
     return float(added[reached[0]]) if len(reached) else None
 
 
-def aulc(added: np.ndarray, dice: np.ndarray) -> float:
-    """Area under ``dice`` over ``added`` (``[I]``, increasing) divided by the x range; the
-    single value when ``I == 1``."""
-    if len(added) == 1:
-        return float(dice[0])
-    widths = np.diff(added)
-    area = float(np.sum(widths * (dice[1:] + dice[:-1]) / 2))
-    return area / float(added[-1] - added[0])
+def aulc(added: np.ndarray, dice: np.ndarray, end: float | None = None) -> float:
+    """Area under ``dice`` over ``added`` (``[I]``, non-decreasing) from ``added[0]`` to
+    ``end`` (default ``added[-1]``; a curve that stops earlier keeps its last Dice up to
+    ``end``), divided by that range: the mean Dice over the annotation budget. With no range
+    (a single point, or nothing new annotated) the mean of ``dice``."""
+    x = np.asarray(added, dtype=np.float64)
+    y = np.asarray(dice, dtype=np.float64)
+    end = float(x[-1]) if end is None else end
+    if end > x[-1]:
+        x, y = np.append(x, end), np.append(y, y[-1])
+    if end <= x[0]:
+        return float(np.mean(y))
+    area = float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
+    return area / (end - float(x[0]))
 
 
 def hours(axons: Sequence[int], n: float | None, minutes_per_axon: float) -> float | None:
@@ -147,6 +162,54 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> Paired:
     return Paired(mean, std, n, float(2 * stats.t.sf(abs(t), df=n - 1)))
 
 
+def repetitions_needed(
+    difference: Paired, alpha: float = ALPHA, power: float = POWER, limit: int = 10_000
+) -> int | None:
+    """The smallest number of repetitions with which a two-sided paired t-test at ``alpha``
+    detects a true mean difference of ``difference.mean`` (per-repetition sample std
+    ``difference.std``) with probability ``power``; ``None`` when unknown (fewer than two
+    repetitions, a zero difference, or more than ``limit``). Noncentral t: with effect size
+    ``d = mean / std``, the test statistic of ``n`` pairs is t(n - 1, d·sqrt(n))."""
+    if difference.n < 2 or not math.isfinite(difference.std) or difference.mean == 0.0:
+        return None
+    if difference.std == 0.0:
+        return 2
+    d = abs(difference.mean) / difference.std
+    for n in range(2, limit + 1):
+        critical = stats.t.ppf(1 - alpha / 2, df=n - 1)
+        shift = d * math.sqrt(n)
+        achieved = stats.nct.sf(critical, n - 1, shift) + stats.nct.cdf(-critical, n - 1, shift)
+        if achieved >= power:
+            return n
+    return None
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """``gain``: the whole-pool Dice minus the iteration-0 Dice, per repetition; ``noise``:
+    the sample std of the iteration-0 Dice over repetitions (NaN with fewer than two)."""
+
+    gain: Spread
+    noise: float
+
+    @property
+    def clear(self) -> bool | None:
+        """Whether the gain exceeds :data:`NOISE_FACTOR` x the noise (``None``: unknown)."""
+        if not len(self.gain.known) or not math.isfinite(self.noise):
+            return None
+        return bool(self.gain.mean > NOISE_FACTOR * self.noise)
+
+
+def headroom(initial: Sequence[float], upper: Sequence[float]) -> Headroom | None:
+    """The :class:`Headroom` of iteration-0 and whole-pool Dice of the same repetitions
+    (``None`` without an upper bound)."""
+    if not len(upper) or len(upper) != len(initial):
+        return None
+    gain = tuple(float(u - i) for u, i in zip(upper, initial, strict=True))
+    noise = float(np.std(initial, ddof=1)) if len(initial) >= 2 else math.nan
+    return Headroom(Spread(gain), noise)
+
+
 @dataclass(frozen=True)
 class StrategyCurves:
     """One strategy's test Dice ``dice`` ``[R, I]`` at ``added`` ``[I]`` (or, when the added
@@ -182,6 +245,7 @@ class Verdict:
     budget: float  # added patches at the last iteration compared
     repetitions: int
     minutes_per_axon: float
+    headroom: Headroom | None = None
 
 
 def verdict(
@@ -195,7 +259,8 @@ def verdict(
     base = next((c for c in curves if c.name == baseline), None)
     base_target = float(base.dice[:, -1].mean()) if base is not None else None
     upper_target = UPPER_FRACTION * float(np.mean(upper_dice)) if len(upper_dice) else None
-    aulcs = {c.name: [aulc(x, d) for x, d in zip(_x(c), c.dice, strict=True)] for c in curves}
+    end = max((float(np.max(c.added)) for c in curves), default=0.0)  # one x-range for all
+    aulcs = {c.name: [aulc(x, d, end) for x, d in zip(_x(c), c.dice, strict=True)] for c in curves}
     out = []
     for c in curves:
         to_base = _reach(c, base_target)
@@ -218,8 +283,17 @@ def verdict(
         )
     budget = float(np.max(curves[0].added[..., -1])) if curves else 0.0
     reps = len(curves[0].dice) if curves else 0
+    first = (base or curves[0]).dice[:, 0] if curves else np.empty(0)
+    room = headroom(first.tolist(), list(upper_dice))
     return Verdict(
-        out, base.name if base else None, base_target, upper_target, budget, reps, minutes_per_axon
+        out,
+        base.name if base else None,
+        base_target,
+        upper_target,
+        budget,
+        reps,
+        minutes_per_axon,
+        room,
     )
 
 
@@ -243,16 +317,41 @@ def _spent(c: StrategyCurves, n: Sequence[float | None], minutes_per_axon: float
 
 
 def sentences(v: Verdict) -> list[str]:
-    """One plain-language sentence per non-baseline strategy (or a reason there is none)."""
+    """Whether the run can tell strategies apart at all, then one plain-language sentence per
+    non-baseline strategy (or a reason there is none)."""
+    room = _headroom_sentence(v.headroom)
     if v.baseline is None:
-        return [f"No '{BASELINE}' baseline in this run: no comparison can be made."]
+        return [*room, f"No '{BASELINE}' baseline in this run: no comparison can be made."]
     base = next(s for s in v.strategies if s.name == v.baseline)
-    out = []
+    out = list(room)
     for s in v.strategies:
         if s.versus_baseline is None:
             continue
         out.append(_sentence(s, base, v))
-    return out or ["Only the baseline was run: nothing to compare."]
+    return out if len(out) > len(room) else [*out, "Only the baseline was run: nothing to compare."]
+
+
+def _headroom_sentence(h: Headroom | None) -> list[str]:
+    """The sentence on what labels can move in this run (none without an upper bound)."""
+    if h is None:
+        return []
+    gain = f"{h.gain.text()} Dice"
+    if h.clear is None:
+        return [
+            f"Headroom: the whole-pool model beats iteration 0 by {gain}; with one repetition "
+            "the training noise is unknown (run more repetitions)."
+        ]
+    noise = f"the training noise (iteration-0 Dice std over repetitions) is {h.noise:.3f}"
+    if h.clear:
+        ratio = h.gain.mean / h.noise if h.noise > 0 else math.inf
+        return [f"Headroom: the whole-pool model beats iteration 0 by {gain}, {ratio:.1f}x "
+                f"{noise}: differences between strategies can show."]  # fmt: skip
+    return [
+        f"This run cannot show a saving: the whole-pool model beats iteration 0 by only "
+        f"{gain}, not clearly more than {noise} (needed: > {NOISE_FACTOR:g}x). Train longer "
+        "(train.epochs), use a larger model (model.base_filters) or, if the headroom is real "
+        "but small, run more repetitions."
+    ]
 
 
 def _sentence(s: StrategyVerdict, base: StrategyVerdict, v: Verdict) -> str:
@@ -276,10 +375,17 @@ def _sentence(s: StrategyVerdict, base: StrategyVerdict, v: Verdict) -> str:
             f"repetitions this run cannot tell a real difference from noise. {reach}."
         )
     diff += f" ± {p.std:.3f} over {p.n} repetitions, p = {p.p:.2g}"
+    needed = repetitions_needed(p)
+    power = (
+        f" About {needed} repetitions would detect a difference of this size "
+        f"(paired t-test, power {POWER:.0%})."
+        if needed is not None
+        else ""
+    )
     if not p.clear:
         return (
             f"{s.name} vs {base.name}: the difference is within noise ({diff}); this run "
-            f"gives no evidence that {s.name} saves annotation. {reach}."
+            f"gives no evidence that {s.name} saves annotation.{power} {reach}."
         )
     word = "learns faster than" if p.mean > 0 else "learns more slowly than"
     return f"{s.name} {word} {base.name} ({diff}). {reach}."
