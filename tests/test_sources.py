@@ -11,7 +11,6 @@ import pytest
 import tifffile
 from PIL import Image
 
-from activeseg.data import phantom
 from activeseg.data.images import read_image, read_mask, write_mask_png
 from activeseg.data.sources import Sample, load_bids, load_folder, load_source
 from activeseg.errors import UserError
@@ -303,18 +302,7 @@ def test_folder_bad_layout_and_pixel_size(tmp_path: Path) -> None:
 # --- load_source ------------------------------------------------------------------------
 
 
-def test_load_source_dispatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[dict[str, object]] = []
-
-    def fake_phantom(**kwargs: object) -> list[Sample]:
-        calls.append(kwargs)
-        return []
-
-    monkeypatch.setattr(phantom, "make_phantom", fake_phantom)
-    assert load_source("synthetic", seed=7) == []
-    load_source("synthetic", seed=1, pixel_size=0.2)
-    assert calls == [{"seed": 7}, {"seed": 1, "pixel_size": 0.2}]
-
+def test_load_source_dispatch(tmp_path: Path) -> None:
     bids = tmp_path / "bids"
     _bids_sample(bids, "a", "1")
     _json(bids / "SEM.json", _pixel_json(0.1))

@@ -354,6 +354,16 @@ def split_by_source(
     )
 
 
+def sources_needed(per_source: int, n_initial: int, n_val: int, n_test: int, n_pool: int) -> int:
+    """The fewest source images of ``per_source`` patches each that :func:`split_by_source`
+    can split into ``n_test`` and ``n_val`` patches of whole images and ``n_initial + n_pool``
+    training patches: ``ceil(n_test / p) + ceil(n_val / p) + ceil((n_initial + n_pool) / p)``
+    (``p = per_source``, at least 1)."""
+    if per_source < 1:
+        raise ValueError(f"per_source must be >= 1, got {per_source}")
+    return sum(-(-n // per_source) for n in (n_test, n_val, n_initial + n_pool))
+
+
 # --------------------------------------------------------------------------- normalising
 
 

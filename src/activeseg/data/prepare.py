@@ -19,6 +19,7 @@ import torch
 from activeseg.config import DataConfig
 from activeseg.data.patches import Normalizer, PatchSet, Split, resample, split_by_source, tile
 from activeseg.data.sources import Sample, load_source
+from activeseg.data.synthetic import SYNTHETIC, synthetic_images, synthetic_volumes
 from activeseg.data.volumes import load_volumes, prepare_volume, volume_patches
 
 
@@ -47,22 +48,25 @@ def prepare(cfg: DataConfig) -> Prepared:
 
 def _volume_patches(cfg: DataConfig) -> PatchSet:
     """Volumes windowed, resampled to ``cfg.spacing`` and cut into ``patch_size``-cubes."""
-    volumes = [
-        prepare_volume(v, cfg.spacing, cfg.clip, cfg.clip_percentile)
-        for v in load_volumes(cfg.source, cfg.num_classes, seed=cfg.split_seed)
-    ]
+    if cfg.source == SYNTHETIC:
+        loaded = synthetic_volumes(cfg)
+    else:
+        loaded = load_volumes(cfg.source, cfg.num_classes)
+    volumes = [prepare_volume(v, cfg.spacing, cfg.clip, cfg.clip_percentile) for v in loaded]
     return volume_patches(volumes, cfg.patch_size, cfg.whole_volume)
 
 
 def _image_patches(cfg: DataConfig) -> PatchSet:
     """2D images resampled to ``cfg.pixel_size`` and tiled into ``patch_size`` patches."""
-    samples = load_source(
-        cfg.source,
-        pixel_size=cfg.source_pixel_size,
-        modality=cfg.modality,
-        label_suffix=cfg.label_suffix,
-        seed=cfg.split_seed,
-    )
+    if cfg.source == SYNTHETIC:
+        samples = synthetic_images(cfg)
+    else:
+        samples = load_source(
+            cfg.source,
+            pixel_size=cfg.source_pixel_size,
+            modality=cfg.modality,
+            label_suffix=cfg.label_suffix,
+        )
     unknown = [s.name for s in samples if s.pixel_size is None]
     if cfg.pixel_size is not None and unknown:
         warnings.warn(

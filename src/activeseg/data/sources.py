@@ -52,28 +52,21 @@ def load_source(
     pixel_size: float | None = None,
     modality: str = "SEM",
     label_suffix: str = "seg-myelin-manual",
-    seed: int = 0,
 ) -> list[Sample]:
-    """Load samples from ``"synthetic"`` (phantom), a BIDS folder or an images/masks folder.
+    """Load samples from a BIDS folder or an images/masks folder (``"synthetic"``, the
+    phantom sized to a config, is made by :mod:`activeseg.data.synthetic`).
 
     Args:
-        spec: ``"synthetic"`` or a directory path. A directory with ``derivatives/`` or
-            ``sub-*`` folders is read as BIDS, one with ``images/`` as a folder source.
-        pixel_size: µm per pixel for a folder source, or the phantom's pixel size. BIDS
-            datasets take it from their sidecars, so passing it for BIDS is an error.
+        spec: a directory path. A directory with ``derivatives/`` or ``sub-*`` folders is
+            read as BIDS, one with ``images/`` as a folder source.
+        pixel_size: µm per pixel for a folder source. BIDS datasets take it from their
+            sidecars, so passing it for BIDS is an error.
         modality: BIDS suffix of the images (``"SEM"``, ``"TEM"``, ``"BF"``, …).
         label_suffix: BIDS derivative suffix of the masks.
-        seed: phantom seed.
 
     Returns:
         Samples sorted by name.
     """
-    if spec == "synthetic":
-        from activeseg.data.phantom import make_phantom  # phantom imports Sample from here
-
-        if pixel_size is None:
-            return make_phantom(seed=seed)
-        return make_phantom(seed=seed, pixel_size=_checked_pixel_size(pixel_size, "pixel_size"))
     root = Path(spec).expanduser()
     if not root.is_dir():
         raise UserError(f"data source {spec!r} is not a directory; expected {_LAYOUTS}.")

@@ -225,13 +225,10 @@ def holds_nifti(root: Path) -> bool:
     return folder.is_dir() and bool(_nifti_files(folder))
 
 
-def load_volumes(spec: str, classes: int, seed: int = 0) -> list[Volume]:
-    """Volumes from ``"synthetic"`` (:func:`~activeseg.data.volume_phantom.make_volume_phantom`),
-    an MSD task folder (``dataset.json``) or a folder ``images/`` + ``labels/`` of NIfTI."""
-    if spec == "synthetic":
-        from activeseg.data.volume_phantom import make_volume_phantom
-
-        return make_volume_phantom(classes=classes, seed=seed)
+def load_volumes(spec: str, classes: int) -> list[Volume]:
+    """Volumes from an MSD task folder (``dataset.json``) or a folder ``images/`` +
+    ``labels/`` of NIfTI (``"synthetic"``, the phantom sized to a config, is made by
+    :mod:`activeseg.data.synthetic`)."""
     root = Path(spec).expanduser()
     if is_msd(root):
         return load_msd(root, classes)
