@@ -114,7 +114,8 @@ AXONS = {2: 4, 3: 6, 4: 1, 5: 2, 6: 10, 7: 3}
 
 
 def test_verdict_of_hand_made_records(tmp_path: Path) -> None:
-    v = compute_verdict(_hand_made_run(tmp_path), AXONS, minutes_per_axon=3.0)
+    minutes = {patch: 3.0 * axons for patch, axons in AXONS.items()}  # 3 min per axon
+    v = compute_verdict(_hand_made_run(tmp_path), minutes)
     assert v is not None
     assert v.baseline_target == pytest.approx(0.71)  # mean final Dice of random
     assert v.upper_target == pytest.approx(0.76)  # 95 % of 0.8: nobody reaches it
@@ -357,7 +358,7 @@ def test_keep_policy_measures_x_in_unique_annotated_patches(tmp_path: Path) -> N
     run = Run(tmp_path, config, split, records, [])
     assert run.annotated("random", 3).tolist() == [[2, 3, 3], [2, 3, 4]]
     assert run.x_axis("random", 3).tolist() == [2.0, 3.0, 3.5]
-    v = compute_verdict(run, {2: 1, 3: 2, 4: 4})
+    v = compute_verdict(run, {2: 3.0, 3: 6.0, 4: 12.0})  # 1, 2, 4 axons x 3 min
     assert v is not None
     (s,) = v.strategies
     # one x-range for all, [0, 2]: rep 0 (x 0, 1, 1) holds its final 0.8 from x = 1 to 2,

@@ -84,8 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write the HTML report, figures and CSVs of a run")
     rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     rep.add_argument("--out", type=Path, help="HTML file (default RUN_DIR/report/report.html)")
-    rep.add_argument(
-        "--minutes-per-axon", type=float, help="annotation time per myelinated axon (default 3)"
+    cost = rep.add_mutually_exclusive_group()
+    cost.add_argument(
+        "--minutes-per-axon",
+        type=float,
+        help="annotation hours as myelinated axons x this (default for axon/myelin labels: 3)",
+    )
+    cost.add_argument(
+        "--minutes-per-patch", type=float, help="annotation hours as patches x this (any data)"
     )
 
     bench = sub.add_parser(
@@ -199,7 +205,8 @@ def _run(args: argparse.Namespace) -> int:
 
         return bench(args.quick, args.json, args.sem)
     if args.command == "report":
-        print(f"report: {write_report(args.run_dir, args.out, args.minutes_per_axon).resolve()}")
+        html = write_report(args.run_dir, args.out, args.minutes_per_axon, args.minutes_per_patch)
+        print(f"report: {html.resolve()}")
         return 0
     execution = Execution()
     if args.command == "demo":

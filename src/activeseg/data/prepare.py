@@ -22,41 +22,48 @@ from activeseg.data.sources import Sample, load_source
 from activeseg.data.synthetic import SYNTHETIC, synthetic_images, synthetic_volumes
 from activeseg.data.volumes import load_volumes, prepare_volume, volume_patches
 
+Scales = tuple[tuple[float, ...] | None, ...]
+
 
 @dataclass(frozen=True)
 class Prepared:
     """Patches ready for training: ``images`` normalised float32 ``[N, 1, P, P]`` (statistics
-    of the training-source patches only), ``masks`` uint8 ``[N, 1, P, P]``."""
+    of the training-source patches only), ``masks`` uint8 ``[N, 1, P, P]``; ``scales``: per
+    source image (``patches.names`` order) its pixel size after resampling, ``(µm,)``, or a
+    volume's voxel spacing ``(x, y, z)`` mm; ``None`` where unknown (an image without a
+    pixel size, used as it is)."""
 
     patches: PatchSet
     split: Split
     normalizer: Normalizer
     images: torch.Tensor
     masks: np.ndarray
+    scales: Scales
 
 
 def prepare(cfg: DataConfig) -> Prepared:
     """Load, resample, tile (or fit volumes to one shape), split by source and normalise."""
-    patches = _volume_patches(cfg) if cfg.spatial_dims == 3 else _image_patches(cfg)
+    patches, scales = _volume_patches(cfg) if cfg.spatial_dims == 3 else _image_patches(cfg)
     split = split_by_source(
         patches, cfg.n_initial, cfg.n_val, cfg.n_test, cfg.n_pool, seed=cfg.split_seed
     )
     normalizer = Normalizer.fit(patches.images[split.train])
     images = torch.from_numpy(normalizer(patches.images))
-    return Prepared(patches, split, normalizer, images, patches.masks)
+    return Prepared(patches, split, normalizer, images, patches.masks, scales)
 
 
-def _volume_patches(cfg: DataConfig) -> PatchSet:
+def _volume_patches(cfg: DataConfig) -> tuple[PatchSet, Scales]:
     """Volumes windowed, resampled to ``cfg.spacing`` and cut into ``patch_size``-cubes."""
     if cfg.source == SYNTHETIC:
         loaded = synthetic_volumes(cfg)
     else:
         loaded = load_volumes(cfg.source, cfg.num_classes)
     volumes = [prepare_volume(v, cfg.spacing, cfg.clip, cfg.clip_percentile) for v in loaded]
-    return volume_patches(volumes, cfg.patch_size, cfg.whole_volume)
+    patches = volume_patches(volumes, cfg.patch_size, cfg.whole_volume)
+    return patches, tuple(tuple(float(s) for s in v.spacing) for v in volumes)
 
 
-def _image_patches(cfg: DataConfig) -> PatchSet:
+def _image_patches(cfg: DataConfig) -> tuple[PatchSet, Scales]:
     """2D images resampled to ``cfg.pixel_size`` and tiled into ``patch_size`` patches."""
     if cfg.source == SYNTHETIC:
         samples = synthetic_images(cfg)
@@ -75,7 +82,9 @@ def _image_patches(cfg: DataConfig) -> PatchSet:
             "of the folder's images) or --set data.pixel_size=none",
             stacklevel=2,
         )
-    return tile([resample(s, cfg.pixel_size) for s in samples], cfg.patch_size)
+    resampled = [resample(s, cfg.pixel_size) for s in samples]
+    scales = tuple(None if s.pixel_size is None else (s.pixel_size,) for s in resampled)
+    return tile(resampled, cfg.patch_size), scales
 
 
 def image_normalizer(

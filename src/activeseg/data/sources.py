@@ -202,10 +202,14 @@ def find_images(
     return sorted(found, key=lambda f: f.name)
 
 
+def is_bids(root: Path) -> bool:
+    """Whether ``root`` is a BIDS dataset (``derivatives/`` or ``sub-*`` folders)."""
+    return (root / "derivatives").is_dir() or any(p.is_dir() for p in root.glob("sub-*"))
+
+
 def _is_bids(root: Path, pixel_size: float | None) -> bool:
-    """Whether ``root`` is a BIDS dataset (``derivatives/`` or ``sub-*`` folders); a pixel
-    size given for one is an error (its sidecars hold them)."""
-    bids = (root / "derivatives").is_dir() or any(p.is_dir() for p in root.glob("sub-*"))
+    """:func:`is_bids`; a pixel size given for one is an error (its sidecars hold them)."""
+    bids = is_bids(root)
     if bids and pixel_size is not None:
         raise UserError(
             f"{root} is a BIDS dataset: pixel sizes come from its JSON sidecars; "

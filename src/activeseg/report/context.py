@@ -1,5 +1,6 @@
-"""What every section of the report needs: the run, the output folder, the patches and
-axon counts, the verdict; how figures and CSVs are saved; shared series helpers."""
+"""What every section of the report needs: the run, the output folder, the patches, the
+annotation cost and axon counts, the verdict; how figures and CSVs are saved; shared series
+helpers."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 from activeseg.data.patches import PatchSet
 from activeseg.files import atomic_write_text
 from activeseg.report import figures as fg
+from activeseg.report.annotation import AnnotationCost
 from activeseg.report.html import Figure
 from activeseg.report.records import Run, value
 from activeseg.report.verdict import Verdict, mean_std
@@ -36,13 +38,17 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Context:
     """What every section needs: the run, the output folder, the patches (``None`` if the
-    data could not be loaded) and the axon count of each training patch id."""
+    data could not be loaded), the axon count of each training patch id (axon/myelin data
+    with the data loaded), the verdict; the annotation ``cost`` (``None``: no hours, and
+    ``cost_note`` says why)."""
 
     run: Run
     folder: Path
     patches: PatchSet | None
     axons: dict[int, int] | None
     verdict: Verdict | None
+    cost: AnnotationCost | None = None
+    cost_note: str = ""
 
     def figure(self, fig: fg.Figure, name: str, caption: str, half: bool = False) -> Figure:
         """Save ``fig`` as ``name``.png/.svg; the page's embedded copy."""

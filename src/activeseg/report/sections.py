@@ -53,24 +53,25 @@ def verdict_section(ctx: Context) -> Section:
         return section
     section.highlight = sentences(v)
     unique = {p.name: p.unique for p in picks(ctx.run)}
+    shown = [(f, label) for f, label in _VERDICT_FIELDS if ctx.cost or "hours" not in f]
     rows = []
     for rank, s in enumerate(sorted(v.strategies, key=lambda s: -s.aulc.mean), start=1):
         cells = [
-            getattr(s, f).text(1 if "to_" in f or "hours" in f else 3, short=True)
-            for f, _ in _VERDICT_FIELDS
+            getattr(s, f).text(1 if "to_" in f or "hours" in f else 3, short=True) for f, _ in shown
         ]
         p = s.versus_baseline
         vs = "—" if p is None else f"{p.mean:+.3f} ± {p.std:.3f} (p = {p.p:.2g})"
         rows.append([str(rank), s.name, *cells[:2], vs, *cells[2:], str(unique.get(s.name, 0))])
     header = ["rank", "strategy", "final test Dice", "AULC", "AULC − random (paired)"]
-    header += [label for _, label in _VERDICT_FIELDS[2:]] + ["unique picks"]
+    header += [label for _, label in shown[2:]] + ["unique picks"]
+    hours = "; hours = estimated annotation hours of those patches" if ctx.cost else ""
     caption = (
         f"ranked by AULC (mean over repetitions, best first); "
-        f"mean ± std over {v.repetitions} repetitions; patches = added patches; hours = "
-        "estimated annotation hours of those patches; (k/n) = reached in k of n repetitions"
+        f"mean ± std over {v.repetitions} repetitions; patches = added patches{hours}; "
+        "(k/n) = reached in k of n repetitions"
     )
     section.tables.append(Table(header, rows, caption))
-    section.text.append(_definitions(v))
+    section.text.append(_definitions(v, ctx))
     if v.upper_target is not None and v.upper_target / UPPER_FRACTION <= max(
         s.final.mean for s in v.strategies
     ):
@@ -79,13 +80,15 @@ def verdict_section(ctx: Context) -> Section:
             "this training budget more labels no longer help, so the 95 % target is reached "
             "at once and says little. Train longer (train.epochs) to make it informative."
         )
-    if ctx.axons is None:
+    if ctx.cost is None:
+        section.notes.append(ctx.cost_note)
+    elif ctx.patches is None:
         section.notes.append("Annotation hours need the ground-truth masks, which were not loaded.")
     _write_verdict_csvs(ctx, v)
     return section
 
 
-def _definitions(v: Verdict) -> str:
+def _definitions(v: Verdict, ctx: Context) -> str:
     upper = (
         f"{UPPER_FRACTION:.0%} of the whole-pool Dice = {v.upper_target:.3f}"
         if v.upper_target is not None
@@ -97,14 +100,13 @@ def _definitions(v: Verdict) -> str:
         f"patches to reach' a target is, per repetition, the first x whose test Dice is at "
         f"least the target ({BASELINE}'s final Dice = {base}; {upper}); 'not reached' counts "
         f"are shown as (reached/total). AULC = area under the Dice-vs-x curve / budget, the "
-        f"mean Dice over the budget. Hours = myelinated axons (connected components of the "
-        f"ground truth) in those patches x {v.minutes_per_axon:g} min. A strategy differs "
-        f"from {BASELINE} only if a paired t-test over repetitions on the AULC gives "
-        f"p < {ALPHA}; otherwise the difference is called within noise. Spread: sample std. "
-        "The whole-pool model is trained with the same settings as every iteration. Headroom "
-        "= whole-pool Dice - iteration-0 Dice; training noise = std of the iteration-0 Dice "
-        "over repetitions (same data, other seeds); the repetitions estimate is that of a "
-        "paired t-test detecting the observed AULC difference with 80 % power."
+        f"mean Dice over the budget. {ctx.cost.definition() + ' ' if ctx.cost else ''}"
+        f"A strategy differs from {BASELINE} only if a paired t-test over repetitions on the "
+        f"AULC gives p < {ALPHA}; otherwise the difference is called within noise. Spread: "
+        "sample std. The whole-pool model is trained with the same settings as every "
+        "iteration. Headroom = whole-pool Dice - iteration-0 Dice; training noise = std of the "
+        "iteration-0 Dice over repetitions (same data, other seeds); the repetitions estimate "
+        "is that of a paired t-test detecting the observed AULC difference with 80 % power."
     )
 
 
@@ -233,4 +235,9 @@ def cost_section(ctx: Context) -> Section:
     if run.upper_bound:
         train = Spread(tuple(r["seconds"]["train"] for r in run.upper_bound))
         section.text.append(f"Upper-bound training: {train.text(1)} s per repetition.")
+    section.text.append(
+        f"Annotation time (the verdict's hours): {ctx.cost.definition()}"
+        if ctx.cost
+        else ctx.cost_note
+    )
     return section

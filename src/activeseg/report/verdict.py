@@ -10,8 +10,9 @@ repetition, summarised as mean ± sample std over repetitions):
   repetitions.
 * **AULC**: the area under the Dice-vs-x curve (trapezoids) divided by the x range, i.e. the
   mean Dice over the annotation budget (1.0 = perfect everywhere).
-* **hours**: myelinated axons in the added patches up to that x (connected components of the
-  ground-truth mask) x minutes per axon / 60.
+* **hours**: the annotation minutes of the added patches up to that x / 60; how a patch is
+  priced (myelinated axons x minutes, or a flat cost per patch) and for which data is
+  decided in :mod:`activeseg.report.annotation`.
 * **within noise**: a strategy differs from the baseline only if a two-sided paired t-test on
   the per-repetition AULC differences (repetitions share their seeds, so their iteration-0
   models are identical) gives p < :data:`ALPHA`; otherwise the sentence says "within noise".
@@ -37,7 +38,6 @@ from scipy import ndimage, stats
 if TYPE_CHECKING:
     from activeseg.report.records import Run
 
-MINUTES_PER_AXON = 3.0  # the paper's estimate of manual annotation time per axon
 UPPER_FRACTION = 0.95
 ALPHA = 0.05
 POWER = 0.8  # of the repetitions estimate
@@ -48,7 +48,7 @@ BASELINE = "random"
 @dataclass(frozen=True)
 class Spread:
     """One value per repetition, ``None`` where not reached; no values at all: not
-    available (e.g. no upper bound, or no axon counts)."""
+    available (e.g. no upper bound, or no annotation cost)."""
 
     values: tuple[float | None, ...]
 
@@ -113,12 +113,12 @@ def aulc(added: np.ndarray, dice: np.ndarray, end: float | None = None) -> float
     return area / (end - float(x[0]))
 
 
-def hours(axons: Sequence[int], n: float | None, minutes_per_axon: float) -> float | None:
-    """Annotation hours of the first ``n`` added patches whose axon counts are ``axons``
-    (in the order they were added); ``None`` if ``n`` is ``None``."""
+def hours(minutes: Sequence[float], n: float | None) -> float | None:
+    """Annotation hours of the first ``n`` added patches whose annotation times are
+    ``minutes`` (in the order they were added); ``None`` if ``n`` is ``None``."""
     if n is None:
         return None
-    return float(sum(axons[: int(n)])) * minutes_per_axon / 60.0
+    return float(sum(minutes[: int(n)])) / 60.0
 
 
 def count_axons(masks: np.ndarray) -> np.ndarray:
@@ -214,13 +214,13 @@ def headroom(initial: Sequence[float], upper: Sequence[float]) -> Headroom | Non
 class StrategyCurves:
     """One strategy's test Dice ``dice`` ``[R, I]`` at ``added`` ``[I]`` (or, when the added
     counts differ between repetitions, e.g. under ``loop.pool_policy = keep``, ``[R, I]``)
-    patches, and the axon counts of the patches it added in each repetition (in order;
-    ``None`` if unknown)."""
+    patches, and the annotation minutes of the patches it added in each repetition (in
+    order; ``None`` if unknown)."""
 
     name: str
     added: np.ndarray
     dice: np.ndarray
-    axons: list[list[int]] | None = None
+    minutes: list[list[float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -244,14 +244,12 @@ class Verdict:
     upper_target: float | None  # UPPER_FRACTION x mean upper-bound Dice
     budget: float  # added patches at the last iteration compared
     repetitions: int
-    minutes_per_axon: float
     headroom: Headroom | None = None
 
 
 def verdict(
     curves: Sequence[StrategyCurves],
     upper_dice: Sequence[float] = (),
-    minutes_per_axon: float = MINUTES_PER_AXON,
     baseline: str = BASELINE,
 ) -> Verdict:
     """The verdict of strategies whose curves share ``added`` and repetitions (row ``r`` of
@@ -275,9 +273,9 @@ def verdict(
                 aulc=Spread(tuple(aulcs[c.name])),
                 to_baseline=Spread(tuple(to_base)),
                 to_upper=Spread(tuple(to_upper)),
-                hours_to_baseline=_spent(c, to_base, minutes_per_axon),
-                hours_to_upper=_spent(c, to_upper, minutes_per_axon),
-                hours_budget=_spent(c, [float(x[-1]) for x in _x(c)], minutes_per_axon),
+                hours_to_baseline=_spent(c, to_base),
+                hours_to_upper=_spent(c, to_upper),
+                hours_budget=_spent(c, [float(x[-1]) for x in _x(c)]),
                 versus_baseline=paired,
             )
         )
@@ -292,7 +290,6 @@ def verdict(
         upper_target,
         budget,
         reps,
-        minutes_per_axon,
         room,
     )
 
@@ -309,11 +306,11 @@ def _x(c: StrategyCurves) -> np.ndarray:
     return np.broadcast_to(c.added, c.dice.shape)
 
 
-def _spent(c: StrategyCurves, n: Sequence[float | None], minutes_per_axon: float) -> Spread:
+def _spent(c: StrategyCurves, n: Sequence[float | None]) -> Spread:
     """Hours of the first ``n[r]`` patches added in each repetition ``r`` of ``c``."""
-    if c.axons is None or not n:
+    if c.minutes is None or not n:
         return Spread(())
-    return Spread(tuple(hours(a, k, minutes_per_axon) for a, k in zip(c.axons, n, strict=True)))
+    return Spread(tuple(hours(m, k) for m, k in zip(c.minutes, n, strict=True)))
 
 
 def sentences(v: Verdict) -> list[str]:
@@ -397,11 +394,9 @@ def _effort(patches: Spread, hours: Spread) -> str:
     return f"{text} (≈ {Spread(tuple(hours.known)).text(1)} h)" if len(hours.known) else text
 
 
-def compute_verdict(
-    run: Run, axons: dict[int, int] | None, minutes_per_axon: float = MINUTES_PER_AXON
-) -> Verdict | None:
+def compute_verdict(run: Run, minutes: dict[int, float] | None) -> Verdict | None:
     """The verdict over the repetitions and iterations every strategy has completed;
-    ``axons``: axon count per training patch id (``None``: no hours)."""
+    ``minutes``: annotation minutes per training patch id (``None``: no hours)."""
     reps, done = run.common()
     if done == 0:
         return None
@@ -411,10 +406,10 @@ def compute_verdict(
         added = run.annotated(name, done)[reps] - n0  # unique annotated patches
         if np.all(added == added[:1]):
             added = added[0]
-        counts = None
-        if axons is not None:  # each annotated patch once, in the order first labelled
+        costs = None
+        if minutes is not None:  # each annotated patch once, in the order first labelled
             lists = [dict.fromkeys(run.of(name, rep)[done - 1]["labelled"][n0:]) for rep in reps]
-            counts = [[axons[p] for p in ids] for ids in lists]
-        strategy_curves.append(StrategyCurves(name, added, table[reps, :done], counts))
+            costs = [[minutes[p] for p in ids] for ids in lists]
+        strategy_curves.append(StrategyCurves(name, added, table[reps, :done], costs))
     upper = [float(r["test_dice"]) for r in run.upper_bound if r["repetition"] in reps]
-    return verdict(strategy_curves, upper, minutes_per_axon)
+    return verdict(strategy_curves, upper)
