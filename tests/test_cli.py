@@ -87,9 +87,10 @@ def test_simulate_flags_reach_the_config(tmp_path: Path, monkeypatch: pytest.Mon
     args = ["simulate", "--preset", "demo", "--out", str(tmp_path), "--resume", "--quiet"]
     args += ["--strategies", "std_sum,random", "--repetitions", "4", "--iterations", "3"]
     args += ["-k", "2", "--seed", "9", "--set", "train.lr=1e-3", "--pool-policy", "keep"]
-    args += ["--init", "warm", "--precision", "bf16"]
+    args += ["--init", "warm", "--precision", "bf16", "--channel", "1"]
     assert main(args) == 130
     config = seen["config"]
+    assert config.data.channel == 1
     assert (config.train.init, config.train.precision) == ("warm", "bf16")
     assert config.loop.pool_policy == "keep"
     assert config.loop.strategies == ("std_sum", "random")

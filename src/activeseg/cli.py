@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         help="remove labelled patches from the pool (default) or keep them re-selectable",
     )
     sim.add_argument("--pixel-size", type=float, help="µm per pixel of a plain folder's images")
+    sim.add_argument("--channel", type=int, help="channel (0-based) of multi-channel images")
     sim.add_argument(
         "--init",
         choices=("scratch", "warm"),
@@ -123,6 +124,7 @@ def simulate_config(args: argparse.Namespace) -> Config:
     flags = {
         "data.source": args.data,
         "data.source_pixel_size": args.pixel_size,
+        "data.channel": args.channel,
         "loop.strategies": args.strategies,
         "loop.repetitions": args.repetitions,
         "loop.iterations": args.iterations,

@@ -45,7 +45,8 @@ class DataConfig:
     source: str = "synthetic"  # a BIDS or images/+masks/ folder, or "synthetic"
     modality: str = "SEM"  # BIDS image suffix, e.g. SEM, TEM, BF
     label_suffix: str = "seg-myelin-manual"  # BIDS derivative label suffix
-    source_pixel_size: float | None = None  # µm; for plain folders (BIDS: JSON sidecars)
+    source_pixel_size: float | None = None  # µm; else BIDS sidecars, else the files' metadata
+    channel: int | None = None  # the channel (0-based) of multi-channel images to segment
     pixel_size: float | None = None  # target µm after resampling; None = keep native
     patch_size: int = 512  # pixels (after resampling)
     n_initial: int = 5
@@ -343,6 +344,9 @@ def _data_checks(d: DataConfig) -> list[Check]:
     counts = {"data.n_initial": d.n_initial, "data.n_val": d.n_val, "data.n_test": d.n_test}
     checks += [(n >= 1, f"{key} must be >= 1, got {n}") for key, n in counts.items()]
     checks.append((d.n_pool is None or d.n_pool >= 0, f"data.n_pool must be >= 0, got {d.n_pool}"))
+    checks.append(
+        (d.channel is None or d.channel >= 0, f"data.channel must be >= 0, got {d.channel}")
+    )
     return checks
 
 

@@ -26,6 +26,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     init.add_argument("--images", type=Path, required=True, help="BIDS dataset or image folder")
     init.add_argument("--masks", type=Path, help="folder of whole-image masks you already have")
     init.add_argument("--pixel-size", type=float, help="µm per pixel of a plain folder's images")
+    init.add_argument("--channel", type=int, help="channel (0-based) of multi-channel images")
     init.add_argument("--preset", default="cpu", help=f"one of {', '.join(PRESETS)} (default cpu)")
     init.add_argument(
         "--holdout",
@@ -63,6 +64,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     pred.add_argument("--out", type=Path, required=True, help="output folder")
     pred.add_argument("--uncertainty", action="store_true", help="also <stem>_uncertainty.tif")
     pred.add_argument("--pixel-size", type=float, help="µm per pixel of the images")
+    pred.add_argument("--channel", type=int, help="channel of multi-channel images (default: "
+                      "the model's)")  # fmt: skip
     pred.add_argument("--overlap", type=float, default=0.25, help="window overlap (default 0.25)")
     pred.add_argument("--quiet", action="store_true")
 
@@ -77,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         sets = parse_assignments(args.set)
         if args.seed is not None:
             sets["loop.seed"] = str(args.seed)
+        if args.channel is not None:
+            sets["data.channel"] = str(args.channel)
         holdout = [n.strip() for n in args.holdout.split(",") if n.strip()]
         init_project(
             args.project,
@@ -128,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             uncertainty=args.uncertainty,
             pixel_size=args.pixel_size,
+            channel=args.channel,
             overlap=args.overlap,
             progress=not args.quiet,
         )

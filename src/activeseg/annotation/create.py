@@ -30,8 +30,15 @@ from activeseg.annotation.state import (
     State,
     state_to_json,
 )
-from activeseg.config import save_yaml, validate, with_overrides
-from activeseg.data.images import IMAGE_SUFFIXES, read_image, read_mask, write_mask_png
+from activeseg.config import Config, save_yaml, validate, with_overrides
+from activeseg.data.images import (
+    IMAGE_SUFFIXES,
+    image_stem,
+    read_image,
+    read_mask,
+    split_name,
+    write_mask_png,
+)
 from activeseg.data.prepare import image_normalizer
 from activeseg.data.sources import MASK_SUFFIXES, ImageFile, find_images
 from activeseg.errors import UserError
@@ -85,7 +92,7 @@ def init_project(
     for f in files:
         if f.name in found:
             mask_arrays[f.name] = read_mask(found[f.name])
-            shape = read_image(f.path).shape
+            shape = read_image(f.path, config.data.channel).shape
             if mask_arrays[f.name].shape != shape:
                 raise UserError(
                     f"mask {found[f.name]} is {mask_arrays[f.name].shape[1]}x"
@@ -105,7 +112,7 @@ def init_project(
     try:
         entries, annotations = [], []
         for f in tqdm(files, desc="copying images", leave=False, disable=len(files) < 5):
-            entry = _copy_image(root, f, f.name in holdout, config.data.pixel_size)
+            entry = _copy_image(root, f, f.name in holdout, config)
             entries.append(entry)
             if f.name in mask_arrays:
                 stored = f"annotations/{f.name}{MASK_SUFFIX}.png"
@@ -131,11 +138,13 @@ def init_project(
     return Project(root)
 
 
-def _copy_image(root: Path, f: ImageFile, holdout: bool, pixel_size: float | None) -> ProjectImage:
-    """Copy ``f`` into ``root/images/`` and measure its normaliser at ``pixel_size``."""
-    name = f"images/{f.name}{''.join(f.path.suffixes[-1:]).lower()}"
+def _copy_image(root: Path, f: ImageFile, holdout: bool, config: Config) -> ProjectImage:
+    """Copy ``f`` into ``root/images/`` and measure its normaliser at the model's pixel
+    size."""
+    name = f"images/{f.name}{split_name(f.path)[1]}"
     atomic_write_bytes(root / name, f.path.read_bytes())
-    norm = image_normalizer(read_image(f.path), f.pixel_size, pixel_size)
+    d = config.data
+    norm = image_normalizer(read_image(f.path, d.channel), f.pixel_size, d.pixel_size)
     return ProjectImage(f.name, name, f.pixel_size, norm.mean, norm.std, holdout)
 
 
@@ -147,7 +156,7 @@ def _match_masks(files: Sequence[ImageFile], folder: Path, suffix: str) -> dict[
     by_stem: dict[str, Path] = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            by_stem.setdefault(path.stem, path)
+            by_stem.setdefault(image_stem(path), path)
     found = {}
     for f in files:
         for candidate in (f"{f.name}{suffix}", *(f"{f.name}{s}" for s in MASK_SUFFIXES), f.name):

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from activeseg.annotation.project import Project
 from activeseg.data.images import read_image, write_mask_png
 from activeseg.data.patches import Normalizer, resample, resize
-from activeseg.data.sources import ImageFile, Sample, find_images
+from activeseg.data.sources import ImageFile, Sample, find_images, image_file
 from activeseg.errors import UserError
 from activeseg.files import atomic_write_bytes
 from activeseg.learners import ModelLearner
@@ -106,14 +106,16 @@ def predict_images(
     *,
     uncertainty: bool = False,
     pixel_size: float | None = None,
+    channel: int | None = None,
     overlap: float = 0.25,
     progress: bool = False,
 ) -> list[Path]:
     """Write ``out/<stem>_seg-myelin.png`` (and ``<stem>_uncertainty.tif``) for every image
     of ``inputs`` (files, plain folders or BIDS datasets); returns the mask files.
 
-    The pixel size of an image is ``pixel_size`` if given, else its BIDS sidecar's, else that
-    of the project image of the same name, else the project images' common pixel size.
+    The pixel size of an image is ``pixel_size`` if given, else its BIDS sidecar's or file
+    metadata's, else that of the project image of the same name, else the project images'
+    common pixel size. ``channel``: of multi-channel images (default: the project's).
     """
     if not 0 <= overlap < 1:
         raise UserError(f"--overlap must be in [0, 1), got {overlap}")
@@ -128,7 +130,8 @@ def predict_images(
     written = []
     for f in tqdm(files, desc="predict", unit="image", disable=not progress):
         size = _pixel_size(project, f, pixel_size)
-        prob, std = segment_file(learner, read_image(f.path), size, cfg.data.pixel_size, window)
+        image = read_image(f.path, cfg.data.channel if channel is None else channel)
+        prob, std = segment_file(learner, image, size, cfg.data.pixel_size, window)
         target = out / f"{f.name}{SEG_SUFFIX}.png"
         write_mask_png(target, (prob >= cfg.scoring.threshold).astype(np.uint8))
         if std is not None:
@@ -147,7 +150,7 @@ def _input_files(
         if path.is_dir():
             files += find_images(path, pixel_size=pixel_size, modality=modality)
         elif path.is_file():
-            files.append(ImageFile(path.stem, path, pixel_size))
+            files.append(image_file(path, pixel_size))
         else:
             raise UserError(f"{path}: no such image or folder")
     if not files:

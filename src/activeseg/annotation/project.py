@@ -160,7 +160,8 @@ class Project:
                 sample = self._sample(name, self.image(name), None)
                 self._cache[key] = resample(sample, self.config.data.pixel_size).image
             else:
-                self._cache[key] = read_image(self.root / self._by_name[name].file)
+                path = self.root / self._by_name[name].file
+                self._cache[key] = read_image(path, self.config.data.channel)
         return self._cache[key]
 
     def _sample(self, name: str, image: np.ndarray, mask: np.ndarray | None) -> Sample:

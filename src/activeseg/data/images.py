@@ -2,7 +2,10 @@
 
 Conventions: images are float32 ``[H, W]`` in [0, 1]; masks are uint8 ``[H, W]`` in {0, 1}
 (1 = foreground, e.g. myelin). Colour is reduced to luminance with the ITU-R 601 weights
-(0.299 R + 0.587 G + 0.114 B); alpha channels are dropped.
+(0.299 R + 0.587 G + 0.114 B); alpha channels are dropped. An image of several channels
+(a TIFF channel axis, or more than four samples per pixel) is refused unless one channel is
+chosen (``channel``: ``--channel N``, ``data.channel``). OME-TIFF names (``x.ome.tif``,
+``x.ome.tiff``) have one two-part extension: their stem is ``x`` (:func:`split_name`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import tifffile
@@ -19,7 +23,26 @@ from PIL import Image
 from activeseg.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-"""File suffixes :func:`read_image` and :func:`read_mask` accept (lower case)."""
+"""File suffixes :func:`read_image` and :func:`read_mask` accept (lower case); OME-TIFF
+(``.ome.tif``, ``.ome.tiff``) ends in one of them."""
+
+OME_EXTENSIONS = (".ome.tiff", ".ome.tif")
+
+
+def split_name(path: Path) -> tuple[str, str]:
+    """``("x_SEM", ".ome.tif")`` for ``x_SEM.ome.tif``, ``("a", ".png")`` for ``a.PNG``: the
+    stem and the lower-cased extension, OME-TIFF's two parts counted as one."""
+    name = Path(path).name
+    for ext in OME_EXTENSIONS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)], ext
+    return Path(path).stem, Path(path).suffix.lower()
+
+
+def image_stem(path: Path) -> str:
+    """The file name without its extension (``x`` of ``x.ome.tif``)."""
+    return split_name(path)[0]
+
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _LUMA_601 = np.array([0.299, 0.587, 0.114])
@@ -32,21 +55,24 @@ _READ_ERRORS = (
 )
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, channel: int | None = None) -> np.ndarray:
     """Read a 2-D image as float32 ``[H, W]`` in [0, 1].
 
-    Gray is kept; colour becomes ITU-R 601 luminance; alpha is dropped. Integer images are
-    divided by their dtype maximum (uint8 / 255, uint16 / 65535). Float images already within
-    [0, 1] are kept; otherwise (floats, or signed integers with negative values) they are
-    min–max scaled to [0, 1] (a constant image becomes 0).
+    Gray is kept; colour becomes ITU-R 601 luminance; alpha is dropped; ``channel`` (0-based)
+    keeps one channel (or colour sample) instead, and is required for an image of several
+    channels. Integer images are divided by their dtype maximum (uint8 / 255, uint16 /
+    65535). Float images already within [0, 1] are kept; otherwise (floats, or signed
+    integers with negative values) they are min–max scaled to [0, 1] (a constant image
+    becomes 0).
 
     Raises:
-        UserError: the file is missing, unreadable, multi-page/3-D, or not finite.
+        UserError: the file is missing, unreadable, multi-page/3-D, not finite, of several
+            channels without ``channel``, or without channel ``channel``.
     """
     raw = _read_raw(Path(path))
-    gray = _luminance(raw, path)
-    if not np.issubdtype(raw.dtype, np.floating):
-        gray = gray / _dtype_max(raw.dtype)
+    gray = _luminance(raw, path, channel)
+    if not np.issubdtype(raw.data.dtype, np.floating):
+        gray = gray / _dtype_max(raw.data.dtype)
     return _unit_range(gray).astype(np.float32)
 
 
@@ -67,10 +93,10 @@ def read_mask(path: Path) -> np.ndarray:
     peak = float(gray.max()) if gray.size else 0.0
     if peak <= 1:
         threshold, full = 0.5, 1.0
-    elif np.issubdtype(raw.dtype, np.floating):
+    elif np.issubdtype(raw.data.dtype, np.floating):
         threshold, full = peak / 2, peak
     else:
-        threshold, full = _dtype_max(raw.dtype) / 2, _dtype_max(raw.dtype)
+        threshold, full = _dtype_max(raw.data.dtype) / 2, _dtype_max(raw.data.dtype)
     _warn_if_multilevel(path, gray, full, threshold)
     return (gray > threshold).astype(np.uint8)
 
@@ -120,8 +146,17 @@ def write_mask_png(path: Path, mask: np.ndarray) -> None:
         raise
 
 
-def _read_raw(path: Path) -> np.ndarray:
-    """Pixel array as stored: ``[H, W]`` or ``[H, W, C]`` (channels last), original dtype."""
+class Raw(NamedTuple):
+    """Pixels as stored, original dtype: ``[H, W]``, or ``[H, W, N]`` with ``kind``
+    ``"samples"`` (gray + alpha, RGB, RGBA: one colour image) or ``"channels"`` (a TIFF
+    channel axis: separate images of one field of view)."""
+
+    data: np.ndarray
+    kind: str = "samples"
+
+
+def _read_raw(path: Path) -> Raw:
+    """Pixel array as stored (see :class:`Raw`)."""
     if not path.is_file():
         raise UserError(f"image file not found: {path}")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -132,7 +167,7 @@ def _read_raw(path: Path) -> np.ndarray:
     try:
         if path.suffix.lower() in _TIFF_SUFFIXES:
             return _read_tiff(path)
-        return _read_pillow(path)
+        return Raw(_read_pillow(path))
     except _READ_ERRORS as exc:
         raise UserError(
             f"cannot read image {path}: {exc}. The file may be truncated or not a valid "
@@ -140,14 +175,16 @@ def _read_raw(path: Path) -> np.ndarray:
         ) from exc
 
 
-def _read_tiff(path: Path) -> np.ndarray:
-    """Read a single-page TIFF with tifffile; fall back to Pillow for codecs tifffile lacks.
+def _read_tiff(path: Path) -> Raw:
+    """Read one 2-D image (its samples or channels last) of a TIFF with tifffile; fall back
+    to Pillow for codecs tifffile lacks.
 
     (Without the optional ``imagecodecs`` package tifffile cannot decode e.g. LZW or JPEG
-    compression; Pillow can.)
+    compression; Pillow can.) A channel axis ``C`` (an OME-TIFF stores each channel as a
+    page) is kept; any other axis beyond Y, X and the samples is refused.
     """
     with tifffile.TiffFile(path) as tif:
-        if len(tif.pages) > 1:
+        if len(tif.series) > 1:
             raise _not_2d(path, f"{len(tif.pages)} pages")
         series = tif.series[0]
         try:
@@ -155,15 +192,17 @@ def _read_tiff(path: Path) -> np.ndarray:
         except ValueError as exc:
             if "imagecodecs" not in str(exc):
                 raise
-            return _read_pillow(path)
+            return Raw(_read_pillow(path))
         axes = series.axes
-    extra = {ax: n for ax, n in zip(axes, data.shape, strict=True) if ax not in "YXS" and n > 1}
-    if extra:
+    sizes = dict(zip(axes, data.shape, strict=True))
+    extra = {ax: n for ax, n in sizes.items() if ax not in "YXSC" and n > 1}
+    if extra or (sizes.get("S", 1) > 1 and sizes.get("C", 1) > 1):
         raise _not_2d(path, f"axes {axes} with shape {data.shape}")
-    keep = [i for i, ax in enumerate(axes) if ax in "YXS"]
-    data = data.reshape([data.shape[i] for i in keep])
-    kept_axes = "".join(axes[i] for i in keep)
-    return np.moveaxis(data, kept_axes.index("S"), -1) if "S" in kept_axes else data
+    multi = next((ax for ax in "SC" if sizes.get(ax, 1) > 1), None)
+    order = [axes.index(ax) for ax in ("Y", "X", *([multi] if multi else []))]
+    rest = [i for i in range(len(axes)) if i not in order]  # all of size 1
+    data = np.transpose(data, order + rest).reshape([data.shape[i] for i in order])
+    return Raw(data, "channels" if multi == "C" else "samples")
 
 
 def _read_pillow(path: Path) -> np.ndarray:
@@ -185,16 +224,30 @@ def _not_2d(path: Path, what: str) -> UserError:
     )
 
 
-def _luminance(raw: np.ndarray, path: Path) -> np.ndarray:
-    """float64 ``[H, W]``: gray as is, gray+alpha without alpha, RGB(A) as 601 luminance."""
-    if raw.ndim == 3 and raw.shape[-1] in (1, 2):
-        gray = raw[..., 0].astype(np.float64)
-    elif raw.ndim == 3 and raw.shape[-1] in (3, 4):
-        gray = raw[..., :3].astype(np.float64) @ _LUMA_601
-    elif raw.ndim == 2:
-        gray = raw.astype(np.float64)
+def _luminance(raw: Raw, path: Path, channel: int | None = None) -> np.ndarray:
+    """float64 ``[H, W]``: gray as is, gray+alpha without alpha, RGB(A) as 601 luminance,
+    or the one ``channel``; several channels without ``channel`` are refused."""
+    data = raw.data
+    n = data.shape[-1] if data.ndim == 3 else 1
+    if data.ndim not in (2, 3):
+        raise _not_2d(path, f"an array of shape {data.shape}")
+    if channel is not None:
+        if not 0 <= channel < n:
+            raise UserError(
+                f"{path} has {n} channel(s) (0 to {n - 1}); channel {channel} does not exist"
+            )
+        gray = (data[..., channel] if data.ndim == 3 else data).astype(np.float64)
+    elif data.ndim == 2:
+        gray = data.astype(np.float64)
+    elif raw.kind == "samples" and n in (1, 2):
+        gray = data[..., 0].astype(np.float64)
+    elif raw.kind == "samples" and n in (3, 4):
+        gray = data[..., :3].astype(np.float64) @ _LUMA_601
     else:
-        raise _not_2d(path, f"an array of shape {raw.shape}")
+        raise UserError(
+            f"{path} is an image of {n} channels; activeseg segments one: choose it with "
+            f"--channel N (or --set data.channel=N), N from 0 to {n - 1}"
+        )
     if not np.isfinite(gray).all():
         raise UserError(f"{path} contains NaN or infinite values; fix or re-export the image.")
     return gray

@@ -73,6 +73,7 @@ def _image_patches(cfg: DataConfig) -> tuple[PatchSet, Scales]:
             pixel_size=cfg.source_pixel_size,
             modality=cfg.modality,
             label_suffix=cfg.label_suffix,
+            channel=cfg.channel,
         )
     unknown = [s.name for s in samples if s.pixel_size is None]
     if cfg.pixel_size is not None and unknown:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from activeseg.data.images import IMAGE_SUFFIXES, read_image, read_mask
+from activeseg.data.images import IMAGE_SUFFIXES, image_stem, read_image, read_mask, split_name
+from activeseg.data.metadata import file_pixel_size
 from activeseg.errors import UserError
 
 
@@ -23,6 +24,8 @@ class Sample:
         image: float32 ``[H, W]`` intensities in [0, 1] (integer images divided by dtype max).
         mask: uint8 ``[H, W]``, 1 = foreground (myelin), 0 = background.
         pixel_size: isotropic pixel size in µm, or ``None`` when unknown (then no resampling).
+            Its sources, first found: the caller's (``--pixel-size``), the BIDS sidecars, the
+            file's metadata (:mod:`activeseg.data.metadata`: OME-TIFF, TIFF tags).
         path: the image file, or ``None`` for generated data.
     """
 
@@ -52,6 +55,7 @@ def load_source(
     pixel_size: float | None = None,
     modality: str = "SEM",
     label_suffix: str = "seg-myelin-manual",
+    channel: int | None = None,
 ) -> list[Sample]:
     """Load samples from a BIDS folder or an images/masks folder (``"synthetic"``, the
     phantom sized to a config, is made by :mod:`activeseg.data.synthetic`).
@@ -63,6 +67,8 @@ def load_source(
             sidecars, so passing it for BIDS is an error.
         modality: BIDS suffix of the images (``"SEM"``, ``"TEM"``, ``"BF"``, …).
         label_suffix: BIDS derivative suffix of the masks.
+        channel: the channel to read of multi-channel images (see
+            :func:`~activeseg.data.images.read_image`).
 
     Returns:
         Samples sorted by name.
@@ -71,14 +77,17 @@ def load_source(
     if not root.is_dir():
         raise UserError(f"data source {spec!r} is not a directory; expected {_LAYOUTS}.")
     if _is_bids(root, pixel_size):
-        return load_bids(root, modality=modality, label_suffix=label_suffix)
+        return load_bids(root, modality=modality, label_suffix=label_suffix, channel=channel)
     if (root / "images").is_dir():
-        return load_folder(root, pixel_size=pixel_size)
+        return load_folder(root, pixel_size=pixel_size, channel=channel)
     raise UserError(f"{root} has no recognised layout; expected {_LAYOUTS}.")
 
 
 def load_bids(
-    root: Path, modality: str = "SEM", label_suffix: str = "seg-myelin-manual"
+    root: Path,
+    modality: str = "SEM",
+    label_suffix: str = "seg-myelin-manual",
+    channel: int | None = None,
 ) -> list[Sample]:
     """Load an AxonDeepSeg-style BIDS microscopy dataset.
 
@@ -90,6 +99,8 @@ def load_bids(
     default, ``"nm"``, ``"mm"``) of the JSON sidecars, merged by the BIDS inheritance
     principle: the dataset-root ``<modality>.json``, then subject-level files such as
     ``sub-rat3_SEM.json``, then the sample-level ``<stem>.json``; the more specific wins.
+    Without a ``PixelSize`` in any sidecar, the image file's metadata (OME-TIFF, TIFF tags)
+    give it.
 
     Sample names are the stems without ``_<modality>``, e.g. ``"sub-rat3_sample-data10"``.
 
@@ -103,7 +114,7 @@ def load_bids(
     images = _bids_images(root, modality)
     samples = []
     for image_path in images:
-        stem = _split_extension(image_path)[0]
+        stem = image_stem(image_path)
         label_path = _find_label(root, image_path, f"{stem}_{label_suffix}")
         if label_path is None:
             warnings.warn(
@@ -118,6 +129,7 @@ def load_bids(
                 image_path=image_path,
                 mask_path=label_path,
                 pixel_size=_bids_pixel_size(root, image_path, modality),
+                channel=channel,
             )
         )
     if not samples:
@@ -128,16 +140,24 @@ def load_bids(
     return _sorted_unique(samples)
 
 
-def load_folder(root: Path, pixel_size: float | None = None, mask_suffix: str = "") -> list[Sample]:
+def load_folder(
+    root: Path,
+    pixel_size: float | None = None,
+    mask_suffix: str = "",
+    channel: int | None = None,
+) -> list[Sample]:
     """Load ``root/images/*`` with ``root/masks/*`` paired by file stem.
 
     A mask's stem is the image's stem, or the stem plus ``mask_suffix`` or one of
-    :data:`MASK_SUFFIXES` (e.g. ``a.png`` ↔ ``a_mask.png``). Sample names are image stems.
+    :data:`MASK_SUFFIXES` (e.g. ``a.png`` ↔ ``a_mask.png``, ``a.ome.tif`` ↔ ``a.tif``).
+    Sample names are image stems.
 
     Args:
         root: folder holding ``images/`` and ``masks/``.
-        pixel_size: µm per pixel for all images, or ``None`` when unknown.
+        pixel_size: µm per pixel for all images; ``None``: each image's own metadata
+            (OME-TIFF, TIFF tags), else unknown.
         mask_suffix: extra accepted mask-stem suffix, e.g. ``"_label"``.
+        channel: the channel to read of multi-channel images.
 
     Raises:
         UserError: missing folders, no images, images without a mask, masks without an
@@ -150,13 +170,19 @@ def load_folder(root: Path, pixel_size: float | None = None, mask_suffix: str = 
             raise UserError(f"folder {folder} not found: a folder source needs images/ and masks/.")
     if pixel_size is not None:
         pixel_size = _checked_pixel_size(pixel_size, "pixel_size")
-    images = {path.stem: path for path in _image_files(image_dir)}
+    images = {image_stem(path): path for path in _image_files(image_dir)}
     if not images:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
     pairs = _pair_masks(images, _image_files(mask_dir), mask_suffix)
     return _sorted_unique(
         [
-            _make_sample(name=stem, image_path=images[stem], mask_path=mask, pixel_size=pixel_size)
+            _make_sample(
+                name=stem,
+                image_path=images[stem],
+                mask_path=mask,
+                pixel_size=file_pixel_size(images[stem]) if pixel_size is None else pixel_size,
+                channel=channel,
+            )
             for stem, mask in pairs.items()
         ]
     )
@@ -178,6 +204,7 @@ def find_images(
     """The images of a BIDS microscopy dataset (``sub-*/micr/*_<modality>.*``, pixel sizes
     from the sidecars) or of a plain folder (its image files, else those of its ``images/``
     subfolder, all of pixel size ``pixel_size``), sorted by name; masks are not looked for.
+    Where neither gives a pixel size, each file's metadata do (OME-TIFF, TIFF tags).
 
     Raises:
         UserError: not a folder, no images, a pixel size given for BIDS, duplicate stems.
@@ -187,13 +214,13 @@ def find_images(
         raise UserError(f"image folder {spec} not found; give a BIDS dataset or a folder of images")
     if _is_bids(root, pixel_size):
         found = [
-            ImageFile(_split_extension(p)[0], p, _bids_pixel_size(root, p, modality))
+            ImageFile(image_stem(p), p, _bids_pixel_size(root, p, modality))
             for p in _bids_images(root, modality)
         ]
     else:
         folder = root / "images" if (root / "images").is_dir() else root
         size = None if pixel_size is None else _checked_pixel_size(pixel_size, "pixel size")
-        found = [ImageFile(p.stem, p, size) for p in _image_files(folder)]
+        found = [image_file(p, size) for p in _image_files(folder)]
         if not found:
             raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     names = [f.name for f in found]
@@ -205,6 +232,12 @@ def find_images(
 def is_bids(root: Path) -> bool:
     """Whether ``root`` is a BIDS dataset (``derivatives/`` or ``sub-*`` folders)."""
     return (root / "derivatives").is_dir() or any(p.is_dir() for p in root.glob("sub-*"))
+
+
+def image_file(path: Path, pixel_size: float | None = None) -> ImageFile:
+    """The :class:`ImageFile` of ``path``: of pixel size ``pixel_size``, else that of the
+    file's metadata, else unknown."""
+    return ImageFile(image_stem(path), path, pixel_size or file_pixel_size(path))
 
 
 def _is_bids(root: Path, pixel_size: float | None) -> bool:
@@ -224,7 +257,7 @@ def _bids_images(root: Path, modality: str) -> list[Path]:
         path
         for pattern in (f"sub-*/micr/*_{modality}.*", f"sub-*/ses-*/micr/*_{modality}.*")
         for path in root.glob(pattern)
-        if _split_extension(path)[1] in BIDS_IMAGE_SUFFIXES
+        if split_name(path)[1] in BIDS_IMAGE_SUFFIXES
     )
     if not images:
         raise UserError(
@@ -240,14 +273,13 @@ def _pair_masks(images: dict[str, Path], masks: list[Path], mask_suffix: str) ->
     found: dict[str, list[Path]] = {stem: [] for stem in images}
     orphan_masks = []
     for mask in masks:
-        candidates = [mask.stem] + [
-            mask.stem.removesuffix(s) for s in suffixes if mask.stem.endswith(s)
-        ]
-        stem = next((c for c in candidates if c in images), None)
-        if stem is None:
+        stem = image_stem(mask)
+        candidates = [stem] + [stem.removesuffix(s) for s in suffixes if stem.endswith(s)]
+        match = next((c for c in candidates if c in images), None)
+        if match is None:
             orphan_masks.append(mask.name)
         else:
-            found[stem].append(mask)
+            found[match].append(mask)
     problems = []
     if no_mask := sorted(images[s].name for s, m in found.items() if not m):
         problems.append(f"images without a mask: {', '.join(no_mask)}")
@@ -273,14 +305,20 @@ def _image_files(folder: Path) -> list[Path]:
     )
 
 
-def _make_sample(name: str, image_path: Path, mask_path: Path, pixel_size: float | None) -> Sample:
+def _make_sample(
+    name: str,
+    image_path: Path,
+    mask_path: Path,
+    pixel_size: float | None,
+    channel: int | None = None,
+) -> Sample:
     """Read an image and its mask; raise if their shapes differ.
 
     A mask without foreground, or foreground everywhere, is accepted with a warning: a
     region without myelin is real data, but such a mask is also what an inverted or empty
     export looks like.
     """
-    image, mask = read_image(image_path), read_mask(mask_path)
+    image, mask = read_image(image_path, channel), read_mask(mask_path)
     if image.shape != mask.shape:
         raise UserError(
             f"image {image_path} is {image.shape[1]}×{image.shape[0]} pixels but its mask "
@@ -308,15 +346,6 @@ def _sorted_unique(samples: list[Sample]) -> list[Sample]:
     return samples
 
 
-def _split_extension(path: Path) -> tuple[str, str]:
-    """``("x_SEM", ".ome.tif")`` for ``x_SEM.ome.tif``; the extension is lower-cased."""
-    name = path.name
-    for ext in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)], ext
-    return path.stem, path.suffix.lower()
-
-
 def _find_label(root: Path, image_path: Path, label_stem: str) -> Path | None:
     """The label file mirroring ``image_path`` under ``derivatives/labels``, if any."""
     folder = root / "derivatives" / "labels" / image_path.parent.relative_to(root)
@@ -337,7 +366,7 @@ def _bids_sidecars(root: Path, image_path: Path, modality: str) -> list[Path]:
     the suffix ``modality`` and its entities (``sub-x``, ``sample-y``, …) are a subset of
     the image's. Within a folder, fewer entities = more general.
     """
-    image_entities = set(_split_extension(image_path)[0].split("_")[:-1])
+    image_entities = set(image_stem(image_path).split("_")[:-1])
     folders = [image_path.parent, *image_path.parent.parents]
     folders = folders[: folders.index(root) + 1][::-1]
     found = []
@@ -350,7 +379,8 @@ def _bids_sidecars(root: Path, image_path: Path, modality: str) -> list[Path]:
 
 
 def _bids_pixel_size(root: Path, image_path: Path, modality: str) -> float:
-    """Isotropic pixel size in µm from the merged sidecars of ``image_path``."""
+    """Isotropic pixel size in µm from the merged sidecars of ``image_path``, else from the
+    file's own metadata."""
     sidecars = _bids_sidecars(root, image_path, modality)
     merged: dict[str, object] = {}
     origin: dict[str, Path] = {}
@@ -358,6 +388,8 @@ def _bids_pixel_size(root: Path, image_path: Path, modality: str) -> float:
         meta = _read_json(sidecar)
         merged.update(meta)
         origin.update(dict.fromkeys(meta, sidecar))
+    if "PixelSize" not in merged and (size := file_pixel_size(image_path)) is not None:
+        return size
     if "PixelSize" not in merged:
         looked = ", ".join(str(p) for p in sidecars) or f"no {modality} sidecar found"
         raise UserError(
