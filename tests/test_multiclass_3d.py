@@ -155,7 +155,6 @@ def test_3d_settings_are_checked() -> None:
     for overrides, match in [
         ({"train.augment": True}, "train.augment is for 2D"),
         ({"data.spatial_dims": 2}, "num_classes > 2 needs volumes"),
-        ({"scoring.test_uncertainty": True}, "test_uncertainty .* binary"),
         ({"data.clip": "5,1"}, "data.clip must be"),
         ({"data.spatial_dims": 4}, "spatial_dims must be 2 or 3"),
         ({"loop.strategies": "random,svgd_mi"}, "committee strategies .* binary"),

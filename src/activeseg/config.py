@@ -44,7 +44,10 @@ class DataConfig:
 
     source: str = "synthetic"  # a BIDS or images/+masks/ folder, or "synthetic"
     modality: str = "SEM"  # BIDS image suffix, e.g. SEM, TEM, BF
-    label_suffix: str = "seg-myelin-manual"  # BIDS derivative label suffix
+    label_suffix: str = "seg-myelin-manual"  # BIDS derivative label suffix (binary masks)
+    # 2D classes by name: class i+1 is the mask <stem>_seg-<labels[i]>-manual (AxonDeepSeg:
+    # axon,myelin -> 0 background, 1 axon, 2 myelin); empty: one binary mask (label_suffix).
+    labels: tuple[str, ...] = ()
     source_pixel_size: float | None = None  # µm; else BIDS sidecars, else the files' metadata
     channel: int | None = None  # the channel (0-based) of multi-channel images to segment
     pixel_size: float | None = None  # target µm after resampling; None = keep native
@@ -56,11 +59,32 @@ class DataConfig:
     split_seed: int = 0
     # Volumes (MSD / NIfTI folders, or "synthetic" with spatial_dims 3); see data/volumes.py.
     spatial_dims: int = 2  # 2 = microscopy images, 3 = volumes (and a 3D U-Net)
-    num_classes: int = 2  # labels 0 .. num_classes-1 (0 = background); 2 = binary (sigmoid)
+    num_classes: int = 2  # labels 0 .. num_classes-1 (0 = background); 2 = binary (sigmoid);
+    # setting data.labels sets it to len(labels) + 1
     spacing: float | None = None  # volumes: target isotropic voxel size in mm; None = native
     clip: tuple[float, float] | None = None  # volumes: intensity window, then scaled to [0, 1]
     clip_percentile: bool = False  # volumes: ``clip`` holds per-volume percentiles
     whole_volume: bool = True  # volumes: pad/crop each to patch_size^3; false = tile cubes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The names of the foreground classes 1 .. C-1: ``labels``, else the label of
+        ``label_suffix`` (``seg-myelin-manual`` -> ``myelin``) for binary masks, else
+        ``class1``, ``class2``, ... (volumes)."""
+        if self.labels:
+            return self.labels
+        if self.num_classes == 2:
+            parts = self.label_suffix.split("-")
+            return (parts[1] if len(parts) >= 2 and parts[0] == "seg" else "foreground",)
+        return tuple(f"class{k}" for k in range(1, self.num_classes))
+
+    @property
+    def mask_suffixes(self) -> tuple[str, ...]:
+        """The file-name suffixes of a 2D image's masks, one per foreground class (binary:
+        ``_<label_suffix>``; with ``labels``: ``_seg-<label>-manual`` each)."""
+        if self.labels:
+            return tuple(f"_seg-{name}-manual" for name in self.labels)
+        return (f"_{self.label_suffix}",)
 
 
 @dataclass(frozen=True)
@@ -182,7 +206,13 @@ class Config:
 
 def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     """``config`` with dotted fields replaced, e.g. ``{"train.epochs": 10}``; values are
-    converted to the field's type (strings from the command line included)."""
+    converted to the field's type (strings from the command line included).
+
+    One setting follows another: ``data.labels`` (2D) sets ``data.num_classes`` to
+    ``len(labels) + 1`` unless the same overrides give ``data.num_classes``."""
+    if overrides.get("data.labels") and "data.num_classes" not in overrides:
+        labels = _convert(overrides["data.labels"], tuple[str, ...], "data.labels")
+        overrides = {**overrides, "data.num_classes": len(labels) + 1}
     for key, value in overrides.items():
         section, _, name = key.partition(".")
         sub = getattr(config, section, None) if name else None
@@ -357,17 +387,24 @@ def _volume_checks(config: Config) -> list[Check]:
         (d.spatial_dims in (2, 3), f"data.spatial_dims must be 2 or 3, got {d.spatial_dims}"),
         (d.num_classes >= 2, f"data.num_classes must be >= 2, got {d.num_classes}"),
         (
-            d.num_classes == 2 or volumes,
-            "data.num_classes > 2 needs volumes (data.spatial_dims=3); 2D masks are binary",
+            d.num_classes == 2 or volumes or bool(d.labels),
+            "data.num_classes > 2 needs volumes (data.spatial_dims=3) or, for 2D images, the "
+            "classes by name: data.labels=axon,myelin",
+        ),
+        (
+            not d.labels or (not volumes and d.num_classes == len(d.labels) + 1),
+            f"data.labels {','.join(d.labels)} name {len(d.labels)} foreground classes of 2D "
+            f"masks, so data.num_classes must be {len(d.labels) + 1}, got {d.num_classes} "
+            "(volumes take their classes from the label files: leave data.labels empty)",
+        ),
+        (
+            len(set(d.labels)) == len(d.labels)
+            and all(name and name.replace("_", "").isalnum() for name in d.labels),
+            f"data.labels must be distinct names of letters and digits, got {d.labels}",
         ),
         (
             not (volumes and train.augment),
             "train.augment is for 2D images; set train.augment=false for volumes",
-        ),
-        (
-            d.num_classes == 2 or not config.scoring.test_uncertainty,
-            "scoring.test_uncertainty (AUROC, calibration) is defined for binary masks; "
-            "set scoring.test_uncertainty=false",
         ),
         (
             d.num_classes == 2 or train.loss == "dice",

@@ -197,17 +197,32 @@ def reliability(
 def uncertainty_quality(
     mean: torch.Tensor, std: torch.Tensor, target: torch.Tensor, threshold: float = 0.5
 ) -> dict[str, Any]:
-    """Quality of MC statistics ``mean`` / ``std`` ``[N, 1, H, W]`` against ``target`` {0, 1}:
+    """Quality of MC statistics ``mean`` / ``std`` ``[N, C, *S]`` against ``target``
+    ``[N, 1, *S]`` ({0, 1} for one sigmoid channel, else labels 0 .. C-1):
 
-    ``uncertainty_auroc``: AUROC of the std map for the wrong pixels of the thresholded mean
-    (``None`` if no pixel or every pixel is wrong); ``ece`` and ``reliability`` (10 bins) of
-    the mean probability.
+    ``uncertainty_auroc``: AUROC of the std map (for C > 1 the std averaged over the
+    classes) for the wrong pixels of the prediction (thresholded mean, or arg-max), ``None``
+    if no pixel or every pixel is wrong; ``ece`` and ``reliability`` (10 bins) of the
+    foreground probabilities: the one channel's, or for C > 1 every foreground class's
+    probability against its one-vs-rest truth, pooled (for C = 2 classes as softmax this is
+    the foreground channel alone, as for a sigmoid).
     """
-    truth = torch.as_tensor(target).cpu() >= 0.5
-    wrong = (mean >= threshold) != truth
-    curve = reliability(mean, truth)
+    target = torch.as_tensor(target).cpu()
+    if mean.shape[1] == 1:
+        truth = target >= 0.5
+        wrong = (mean >= threshold) != truth
+        curve = reliability(mean, truth)
+        return {
+            "uncertainty_auroc": auroc(std, wrong),
+            "ece": curve.ece,
+            "reliability": curve.to_dict(),
+        }
+    labels = target[:, 0].long()
+    wrong = mean.argmax(1) != labels
+    classes = torch.arange(1, mean.shape[1]).view(1, -1, *([1] * (mean.ndim - 2)))
+    curve = reliability(mean[:, 1:], labels[:, None] == classes)
     return {
-        "uncertainty_auroc": auroc(std, wrong),
+        "uncertainty_auroc": auroc(std.mean(1), wrong),
         "ece": curve.ece,
         "reliability": curve.to_dict(),
     }

@@ -9,6 +9,7 @@ shares (:func:`make_optimizer`, :func:`training_batches`, :class:`BestState`,
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -74,14 +75,19 @@ def make_loss(name: str, fg_weight: float, channels: int = 1) -> tuple[nn.Module
 
 
 def augment(
-    images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    generator: torch.Generator,
+    labels: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One random affine warp per item, identical for image and mask (never in place).
 
-    ``images`` float ``[B, 1, H, W]``, ``masks`` float {0, 1} ``[B, 1, H, W]``. The paper's
-    Keras augmentation: shift up to 10 %, rotation up to 10 degrees, horizontal/vertical flip,
-    zoom in [1/1.2, 1.2] (log-uniform). Borders replicate (Keras ``fill_mode="nearest"``). The
-    mask is warped bilinearly and thresholded at 0.5, so it stays binary.
+    ``images`` float ``[B, 1, H, W]``, ``masks`` float ``[B, 1, H, W]``: {0, 1}, or with
+    ``labels`` label maps 0 .. C-1. The paper's Keras augmentation: shift up to 10 %,
+    rotation up to 10 degrees, horizontal/vertical flip, zoom in [1/1.2, 1.2] (log-uniform).
+    Borders replicate (Keras ``fill_mode="nearest"``). A binary mask is warped bilinearly
+    and thresholded at 0.5, so it stays binary; a label map is warped by nearest neighbour
+    (interpolating labels would invent classes between them: 1.5 between axon and myelin).
     """
     b = images.shape[0]
     u = torch.rand(b, 6, generator=generator, device=generator.device).to(images.device)
@@ -98,12 +104,11 @@ def augment(
         1,
     )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    warped = F.grid_sample(
-        torch.cat([images, masks], 1), grid, padding_mode="border", align_corners=False
-    )
-    return warped[:, :1].contiguous(memory_format=torch.channels_last), (warped[:, 1:] >= 0.5).to(
-        masks.dtype
-    )
+    warp = functools.partial(F.grid_sample, grid=grid, padding_mode="border", align_corners=False)
+    image = warp(images).contiguous(memory_format=torch.channels_last)
+    if labels:
+        return image, warp(masks, mode="nearest")
+    return image, (warp(masks) >= 0.5).to(masks.dtype)
 
 
 ADAM_EPS = 1e-8  # torch's default
@@ -149,14 +154,15 @@ def training_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless training batches ``[batch_size, 1, *S]`` of ``train`` on ``runtime``'s device:
     drawn without replacement from reshuffled epochs (with replacement when
-    ``N < batch_size``), augmented by :func:`augment` if ``cfg.augment``; every draw comes
-    from ``generator``."""
+    ``N < batch_size``), augmented by :func:`augment` if ``cfg.augment`` (masks holding a
+    label above 1 as label maps); every draw comes from ``generator``."""
     images, masks = runtime.tensor(train.images), runtime.tensor(train.masks)
+    labels = bool(masks.numel()) and bool(masks.max() > 1)
     order = _batches(len(images), cfg.batch_size, generator)
     while True:
         idx = next(order).to(images.device)
         x, y = images[idx], masks[idx]
-        yield augment(x, y, generator) if cfg.augment else (x, y)
+        yield augment(x, y, generator, labels) if cfg.augment else (x, y)
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:

@@ -110,10 +110,10 @@ def run(args: argparse.Namespace) -> int:
             r = q.region
             print(f"{q.id}: {r.image} rows {r.row}-{r.row + r.height} cols {r.col}-"
                   f"{r.col + r.width}, score {q.score:.4g}")  # fmt: skip
+        files = " + ".join(f"<id>{suffix}.png" for suffix in project.names.manual)
         print(
-            f"annotate them in {project.to_annotate}: save each corrected mask as "
-            f"<id>{project.settings.mask_suffix}.png next to <id>.png, then run "
-            f"`activeseg import {args.project}`"
+            f"annotate them in {project.to_annotate}: save each corrected mask as {files} "
+            f"next to <id>.png, then run `activeseg import {args.project}`"
         )
     elif args.command == "import":
         result = project.import_masks(args.source, args.suffix)
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         from activeseg.annotation.predict import predict_images
 
         written = predict_images(
-            project,
+            project.segmenter(),
             args.images,
             args.out,
             uncertainty=args.uncertainty,
@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             channel=args.channel,
             overlap=args.overlap,
             progress=not args.quiet,
+            known_sizes={i.name: i.pixel_size for i in project.settings.images},
         )
         print(f"wrote {len(written)} mask(s) to {args.out}")
     return 0

@@ -17,11 +17,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from activeseg.acquisition import get_strategy
+from activeseg.annotation.masks import MaskNames, store_annotation
 from activeseg.annotation.project import Project
 from activeseg.annotation.state import (
     HEATMAP_SUFFIX,
     MASK_SUFFIX,
-    PRED_SUFFIX,
     PROJECT_SCHEMA,
     TO_ANNOTATE,
     Annotation,
@@ -37,10 +37,9 @@ from activeseg.data.images import (
     read_image,
     read_mask,
     split_name,
-    write_mask_png,
 )
 from activeseg.data.prepare import image_normalizer
-from activeseg.data.sources import MASK_SUFFIXES, ImageFile, find_images
+from activeseg.data.sources import MASK_SUFFIXES, ImageFile, combine_masks, find_images
 from activeseg.errors import UserError
 from activeseg.files import acquire_lock, atomic_write_bytes, atomic_write_text
 from activeseg.presets import preset
@@ -60,7 +59,8 @@ def init_project(
     log: Callable[[str], None] = lambda line: None,
 ) -> Project:
     """Create the project ``root`` from the images of ``images`` (BIDS or a folder) and the
-    whole-image masks found in ``masks`` (``<image stem><suffix>.png|tif``, any depth).
+    whole-image masks found in ``masks`` (``<image stem><suffix>.png|tif``, any depth; with
+    ``data.labels`` one mask ``<image stem>_seg-<label>-manual`` per class).
 
     Everything is checked before the folder is created: bad input leaves nothing behind.
     ``holdout`` names labelled images kept for validation only.
@@ -69,7 +69,8 @@ def init_project(
     config = with_overrides(preset(preset_name), overrides or {})
     validate(config)
     get_strategy(strategy, config.scoring)
-    skip = (mask_suffix, *MASK_SUFFIXES, PRED_SUFFIX, HEATMAP_SUFFIX)
+    names = MaskNames.of(config.data.labels, mask_suffix)
+    skip = (*names.manual, *names.pred, *MASK_SUFFIXES, HEATMAP_SUFFIX)
     files = [
         f
         for f in find_images(images, pixel_size=pixel_size, modality=config.data.modality)
@@ -77,27 +78,28 @@ def init_project(
     ]
     if not files:
         raise UserError(f"no images in {images} (files ending in a mask suffix are skipped)")
-    found = _match_masks(files, Path(masks), mask_suffix) if masks is not None else {}
-    names = {f.name for f in files}
+    found = _match_masks(files, Path(masks), names.manual) if masks is not None else {}
+    image_names = {f.name for f in files}
     for name in holdout:
-        if name not in names:
+        if name not in image_names:
             raise UserError(
-                f"--holdout {name}: no such image; image names: {', '.join(sorted(names))}"
+                f"--holdout {name}: no such image; image names: {', '.join(sorted(image_names))}"
             )
         if name not in found:
             raise UserError(f"--holdout {name}: a held-out image needs a mask in --masks")
-    if set(holdout) >= names:
+    if set(holdout) >= image_names:
         raise UserError("every image is held out; leave at least one image to annotate")
     mask_arrays = {}
     for f in files:
         if f.name in found:
-            mask_arrays[f.name] = read_mask(found[f.name])
             shape = read_image(f.path, config.data.channel).shape
-            if mask_arrays[f.name].shape != shape:
-                raise UserError(
-                    f"mask {found[f.name]} is {mask_arrays[f.name].shape[1]}x"
-                    f"{mask_arrays[f.name].shape[0]} but image {f.path} is {shape[1]}x{shape[0]}"
-                )
+            for path in found[f.name]:
+                if (mask_shape := read_mask(path).shape) != shape:
+                    raise UserError(
+                        f"mask {path} is {mask_shape[1]}x{mask_shape[0]} but image {f.path} is "
+                        f"{shape[1]}x{shape[0]}"
+                    )
+            mask_arrays[f.name] = combine_masks([read_mask(p) for p in found[f.name]], f.name)
     if root.exists() and any(root.iterdir()):
         raise UserError(f"{root} exists and is not empty; choose a new project folder")
     unknown = [f.name for f in files if f.pixel_size is None]
@@ -115,8 +117,8 @@ def init_project(
             entry = _copy_image(root, f, f.name in holdout, config)
             entries.append(entry)
             if f.name in mask_arrays:
-                stored = f"annotations/{f.name}{MASK_SUFFIX}.png"
-                write_mask_png(root / stored, mask_arrays[f.name])
+                classes = config.data.num_classes
+                stored = store_annotation(root, f.name, mask_arrays[f.name], classes)
                 h, w = mask_arrays[f.name].shape
                 annotations.append(Annotation(f.name, Region(f.name, 0, 0, h, w), stored, "init"))
         settings = {
@@ -148,9 +150,15 @@ def _copy_image(root: Path, f: ImageFile, holdout: bool, config: Config) -> Proj
     return ProjectImage(f.name, name, f.pixel_size, norm.mean, norm.std, holdout)
 
 
-def _match_masks(files: Sequence[ImageFile], folder: Path, suffix: str) -> dict[str, Path]:
-    """Image name -> mask file ``<name><suffix>.<ext>`` (or another known mask suffix, or
-    the bare name) anywhere under ``folder``."""
+def _match_masks(
+    files: Sequence[ImageFile], folder: Path, suffixes: tuple[str, ...]
+) -> dict[str, list[Path]]:
+    """Image name -> its mask files, one per class: ``<name><suffix>.<ext>`` anywhere under
+    ``folder`` (one binary mask: also another known mask suffix, or the bare name).
+
+    Raises:
+        UserError: no mask at all, or an image with the masks of only some classes.
+    """
     if not folder.is_dir():
         raise UserError(f"mask folder {folder} not found")
     by_stem: dict[str, Path] = {}
@@ -159,13 +167,28 @@ def _match_masks(files: Sequence[ImageFile], folder: Path, suffix: str) -> dict[
             by_stem.setdefault(image_stem(path), path)
     found = {}
     for f in files:
-        for candidate in (f"{f.name}{suffix}", *(f"{f.name}{s}" for s in MASK_SUFFIXES), f.name):
-            if candidate in by_stem and by_stem[candidate] != f.path:
-                found[f.name] = by_stem[candidate]
-                break
+        if len(suffixes) == 1:
+            candidates = (
+                f"{f.name}{suffixes[0]}",
+                *(f"{f.name}{s}" for s in MASK_SUFFIXES),
+                f.name,
+            )
+            match = next((c for c in candidates if c in by_stem and by_stem[c] != f.path), None)
+            if match is not None:
+                found[f.name] = [by_stem[match]]
+            continue
+        paths = [by_stem.get(f"{f.name}{s}") for s in suffixes]
+        if all(p is not None for p in paths):
+            found[f.name] = [p for p in paths if p is not None]
+        elif any(paths):
+            missing = [f"{f.name}{s}" for s, p in zip(suffixes, paths, strict=True) if p is None]
+            raise UserError(
+                f"{folder}: image {f.name} has masks of some classes but not {', '.join(missing)}"
+                "; give one mask per class (data.labels) or none"
+            )
     if not found:
         raise UserError(
             f"no mask in {folder} matches an image: expected e.g. "
-            f"{files[0].name}{suffix}.png next to the image names"
+            f"{' + '.join(files[0].name + s + '.png' for s in suffixes)} next to the image names"
         )
     return found

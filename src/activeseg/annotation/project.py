@@ -9,7 +9,9 @@ copied)::
     state.json       annotated regions, pending queries, training rounds (the learning curve)
     images/          copies of the user's images
     annotations/     stored masks: ``<image>_seg-myelin-manual.png`` (whole images given at
-                     init) and ``<query>_seg-myelin-manual.png`` (imported regions)
+                     init) and ``<query>_seg-myelin-manual.png`` (imported regions); with
+                     several classes (``data.labels``) label maps ``<id>_seg-labels.png``
+                     (values 0 .. C-1)
     model/model.pt   the latest model in the checkpoint format of :mod:`activeseg.learners`
                      (weights, config, per-image normalisation, round, annotations)
     to_annotate/     pending queries (:mod:`activeseg.annotation.queries`)
@@ -39,17 +41,20 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from activeseg import loop
 from activeseg.acquisition import Strategy, get_selection, get_strategy
-from activeseg.annotation import queries
+from activeseg.acquisition.strategies import std_map
+from activeseg.annotation import masks, queries
+from activeseg.annotation.masks import MaskNames
+from activeseg.annotation.predict import Segmenter
 from activeseg.annotation.regions import free_windows
 from activeseg.annotation.state import (
     DEFAULT_K,
-    MASK_SUFFIX,
     TO_ANNOTATE,
     Annotation,
     ProjectImage,
@@ -63,12 +68,13 @@ from activeseg.annotation.state import (
     state_to_json,
 )
 from activeseg.config import Config, load_yaml
-from activeseg.data.images import read_image, read_mask, write_mask_png
-from activeseg.data.patches import PatchSet, resample, tile
+from activeseg.data.images import read_image
+from activeseg.data.patches import PatchSet, resample, resize, tile
 from activeseg.data.sources import Sample
 from activeseg.errors import UserError
 from activeseg.files import acquire_lock, atomic_write_bytes, atomic_write_text, remove_temporaries
 from activeseg.learners import LearnerData, ModelLearner, checkpoint, make_learner, restore
+from activeseg.model import predicted_labels
 from activeseg.runtime import Runtime, derive_seed, numpy_generator, resolve
 from activeseg.simulation.tasks import pool_chunk
 from activeseg.train import Labelled
@@ -122,6 +128,7 @@ class Project:
             strategy=data["strategy"],
         )
         self.config: Config = load_yaml(self.root / "config.yaml")
+        self.names = MaskNames.of(self.config.data.labels, self.settings.mask_suffix)
         self._by_name = {i.name: i for i in self.settings.images}
         self._cache: dict[tuple[str, bool], np.ndarray] = {}
 
@@ -164,6 +171,15 @@ class Project:
                 self._cache[key] = read_image(path, self.config.data.channel)
         return self._cache[key]
 
+    @property
+    def classes(self) -> int:
+        """C, the number of labels (background included; 2 for binary masks)."""
+        return self.config.data.num_classes
+
+    def read_annotation(self, a: Annotation) -> np.ndarray:
+        """The stored mask or label map ``[h, w]`` (uint8) of ``a``."""
+        return masks.read_annotation(self.root / a.mask, self.classes)
+
     def _sample(self, name: str, image: np.ndarray, mask: np.ndarray | None) -> Sample:
         mask = np.zeros(image.shape, dtype=np.uint8) if mask is None else mask
         return Sample(name, image, mask, self._by_name[name].pixel_size)
@@ -194,7 +210,7 @@ class Project:
                     self._by_name[a.region.image].normalizer(
                         a.region.crop(self.image(a.region.image))
                     ),
-                    read_mask(self.root / a.mask),
+                    self.read_annotation(a),
                 ),
                 name=a.id,
             )
@@ -289,15 +305,22 @@ class Project:
         self._save_state(dataclasses.replace(state, rounds=(*state.rounds, result)))
         return result, learner
 
+    def _checkpoint(self) -> dict[str, Any]:
+        if not self.model_path.is_file():
+            raise UserError(f"{self.root} has no trained model yet; run `activeseg train`")
+        return dict(torch.load(self.model_path, map_location="cpu", weights_only=True))
+
     def load_learner(self, data: LearnerData | None = None) -> ModelLearner:
         """The latest trained model as a learner over ``data`` (default: no patches, for
         whole-image prediction)."""
-        if not self.model_path.is_file():
-            raise UserError(f"{self.root} has no trained model yet; run `activeseg train`")
-        payload = torch.load(self.model_path, map_location="cpu", weights_only=True)
         empty = torch.zeros((0, 1, 1, 1))
         data = data or LearnerData(empty, Labelled(empty, empty))
-        return restore(payload, data, self.runtime(), where=str(self.model_path))
+        return restore(self._checkpoint(), data, self.runtime(), where=str(self.model_path))
+
+    def segmenter(self) -> Segmenter:
+        """The latest trained model, ready to segment whole images."""
+        normalizer = self._checkpoint()["normalizer"]
+        return Segmenter(self.load_learner(), self.config, normalizer)
 
     # ---- querying --------------------------------------------------------------------
     def query(
@@ -333,12 +356,13 @@ class Project:
             picked, scores = self._select(learner, chosen, rd, k, seed, number)
             on_stage(2)
             stats = learner.mc(rd.data.images[picked], picked.tolist(), seed)
+            std = std_map(stats)
             made = []
             for j, index in enumerate(picked):
                 region = rd.regions[index]
                 qid = f"q{state.next_query + j:04d}-{region.image}"
                 query = Query(qid, region, float(scores[index]), chosen.name, number)
-                self._write_query(query, stats.mean[j, 0].numpy(), stats.std[j, 0].numpy())
+                self._write_query(query, stats.mean[j], std[j])
                 made.append(query)
             pending = (*state.pending, *made)
             self._save_state(
@@ -375,16 +399,20 @@ class Project:
         select = get_selection(lc.selection, lc.stochastic_groups)
         return select(scores, k, numpy_generator(derive_seed(seed, "select"))), scores
 
-    def _write_query(self, query: Query, mean: np.ndarray, std: np.ndarray) -> None:
+    def _write_query(self, query: Query, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Write ``query``'s files from the MC ``mean`` ``[C, P, P]`` and ``std`` ``[P, P]``
+        of its window, resized to the region's own pixels."""
         region = query.region
+        shape = (region.height, region.width)
+        probs = torch.stack([torch.from_numpy(resize(m.numpy(), shape)) for m in mean])
+        labels = predicted_labels(probs[None], self.config.scoring.threshold)[0]
         queries.write_query(
             self.to_annotate,
             query,
             region.crop(self.image(region.image)),
-            mean,
-            std,
-            self.config.scoring.threshold,
-            f"{query.id}{self.settings.mask_suffix}.png",
+            labels.numpy().astype(np.uint8),
+            resize(std.numpy(), shape),
+            self.names,
             self._by_name[region.image].pixel_size,
         )
 
@@ -392,29 +420,32 @@ class Project:
     def import_masks(
         self, source: Path | None = None, suffix: str | None = None
     ) -> queries.ImportResult:
-        """Store the corrected masks ``<query><suffix>.png|tif`` found in ``source`` (default
-        ``to_annotate/``): each is checked (readable, the crop's size, two values); good ones
-        are stored and their query files move to ``to_annotate/imported/``, bad ones are
-        reported and stay pending."""
+        """Store the corrected masks ``<query><suffix>.png|tif`` (one per class with
+        ``data.labels``) found in ``source`` (default ``to_annotate/``): each is checked
+        (readable, the crop's size, two values); good ones are stored and their query files
+        move to ``to_annotate/imported/``, bad ones are reported and stay pending.
+        ``suffix`` replaces a binary project's mask suffix."""
         folder = Path(source) if source is not None else self.to_annotate
-        suffix = self.settings.mask_suffix if suffix is None else suffix
+        names = self.names
+        if suffix is not None and self.classes == 2:
+            names = dataclasses.replace(names, manual=(suffix,))
         result = queries.ImportResult()
         with self.locked():
             state = self.state()
             added, done = [], set()
             for query in state.pending:
-                path = queries.find_mask(folder, f"{query.id}{suffix}")
-                if path is None:
+                try:
+                    found = masks.read_correction(folder, query, names, f"{query.id}.png")
+                except masks.RejectedMask as exc:
+                    result.rejected.append((exc.path, str(exc)))
+                    continue
+                if found is None:
                     result.waiting.append(query.id)
                     continue
-                try:
-                    mask = queries.checked_mask(path, query.region, f"{query.id}.png")
-                except UserError as exc:
-                    result.rejected.append((path, str(exc)))
-                    continue
-                stored = f"annotations/{query.id}{MASK_SUFFIX}.png"
-                write_mask_png(self.root / stored, mask)
-                pre = queries.pre_dice(self.to_annotate, query, mask)
+                labels = found[0]
+                stored = masks.store_annotation(self.root, query.id, labels, self.classes)
+                pred = masks.read_prediction(self.to_annotate, query.id, self.names)
+                pre = masks.pre_dice(pred, labels, self.classes)
                 added.append(Annotation(query.id, query.region, stored, "query", pre))
                 done.add(query.id)
                 result.imported.append(query.id)

@@ -21,6 +21,8 @@ from activeseg.errors import UserError
 PROJECT_SCHEMA = 1
 MASK_SUFFIX = "_seg-myelin-manual"
 PRED_SUFFIX = "_seg-myelin-pred"
+LABELS_SUFFIX = "_seg-labels"
+"""A stored label map (values 0 .. C-1) of a project with several classes."""
 HEATMAP_SUFFIX = "_uncertainty"
 DEFAULT_K = 4
 """Regions per query when ``-k`` is not given."""

@@ -134,16 +134,37 @@ def write_mask_png(path: Path, mask: np.ndarray) -> None:
         raise ValueError(f"mask must be 2-D [H, W], got shape {mask.shape}")
     if not np.isin(mask, (0, 1)).all():
         raise ValueError("mask values must be 0 or 1")
+    write_gray_png(path, mask.astype(np.uint8) * 255)
+
+
+def write_gray_png(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 ``[H, W]`` array as an 8-bit gray PNG, values as they are (e.g. a label
+    map 0 .. C-1, or AxonDeepSeg's axon 255 / myelin 127), atomically: under a temporary
+    name in the same folder, then renamed. Missing parent folders are created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(handle, format="PNG")
+            Image.fromarray(np.asarray(array, dtype=np.uint8), mode="L").save(handle, format="PNG")
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def read_labels(path: Path) -> np.ndarray:
+    """Read a label map (values as stored, e.g. 0 .. C-1) as uint8 ``[H, W]``.
+
+    Raises:
+        UserError: unreadable, not 2-D, or not of integer values 0 .. 255.
+    """
+    raw = _read_raw(Path(path))
+    if raw.data.ndim != 2 or not np.issubdtype(raw.data.dtype, np.integer):
+        raise UserError(f"{path} is not a label map (one channel of integer labels)")
+    if raw.data.size and (raw.data.min() < 0 or raw.data.max() > 255):
+        raise UserError(f"{path}: labels must lie in 0 .. 255")
+    return raw.data.astype(np.uint8)
 
 
 class Raw(NamedTuple):

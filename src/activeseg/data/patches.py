@@ -50,9 +50,9 @@ def resample(sample: Sample, pixel_size: float | None) -> Sample:
 
     No-op (the same object) if ``pixel_size`` or ``sample.pixel_size`` is ``None`` or they
     are equal. New shape: ``max(1, round(H * sample.pixel_size / pixel_size))`` (same for W).
-    The image is interpolated bilinearly with antialiasing when downsampling; the mask is the
-    same bilinear interpolation of its 0/1 values thresholded at >= 0.5 (never cubic, never an
-    intensity operation), so it stays binary. The result carries ``pixel_size``.
+    The image is interpolated bilinearly with antialiasing when downsampling; the mask by
+    :func:`resize_labels` (never cubic, never an intensity operation), so it keeps its
+    labels. The result carries ``pixel_size``.
     """
     _check_sample(sample)
     old = sample.pixel_size
@@ -68,8 +68,21 @@ def resample(sample: Sample, pixel_size: float | None) -> Sample:
     shape = (max(1, round(h * old / pixel_size)), max(1, round(w * old / pixel_size)))
     with torch.no_grad():
         image = resize(sample.image, shape)
-        mask = (resize(sample.mask, shape) >= 0.5).astype(np.uint8)
+        mask = resize_labels(sample.mask, shape)
     return dataclasses.replace(sample, image=image, mask=mask, pixel_size=pixel_size)
+
+
+def resize_labels(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A mask ``[H, W]`` resized to ``shape`` (uint8): a binary {0, 1} mask is the bilinear
+    interpolation (:func:`resize`) of its values thresholded at >= 0.5; a label map
+    (0 .. C-1) the arg-max of the same interpolation of each class's indicator (ties to the
+    lower label), so every pixel keeps one of the labels and thin classes are not eroded by
+    label arithmetic."""
+    top = int(mask.max()) if mask.size else 0
+    if top <= 1:
+        return (resize(mask, shape) >= 0.5).astype(np.uint8)
+    scores = np.stack([resize((mask == k).astype(np.float32), shape) for k in range(top + 1)])
+    return scores.argmax(0).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- tiling

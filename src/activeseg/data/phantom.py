@@ -58,6 +58,7 @@ def make_phantom(
     hard_fraction: float = 0.25,
     *,
     myelin_bright: bool = False,
+    labels: tuple[str, ...] = (),
 ) -> list[Sample]:
     """Generate SEM-like axon–myelin images with exact myelin masks.
 
@@ -82,19 +83,32 @@ def make_phantom(
         hard_fraction: fraction of hard images, in [0, 1]; see :func:`hard_flags`.
         myelin_bright: invert intensities so myelin is bright and axoplasm dark, the polarity
             of the AxonDeepSeg SEM dataset (backscatter images with inverted contrast).
+        labels: the classes of the masks by name, ``axon`` and/or ``myelin`` (as
+            ``data.labels``): ``("axon", "myelin")`` gives 1 = axon, 2 = myelin; empty: the
+            binary myelin mask.
 
     Returns:
         Samples ``phantom-000``, ``phantom-001``, …: image float32 ``[size, size]`` in [0, 1],
-        mask uint8 ``[size, size]`` with 1 = myelin, ``pixel_size`` in µm, ``path`` None.
+        mask uint8 ``[size, size]`` with 1 = myelin (or the classes of ``labels``),
+        ``pixel_size`` in µm, ``path`` None.
     """
     _check_args(n_images, size, pixel_size, hard_fraction)
+    codes = {"myelin": _MYELIN, "axon": _AXON}
+    if unknown := [name for name in labels if name not in codes]:
+        raise UserError(
+            f"the synthetic phantom has the classes axon and myelin, not {', '.join(unknown)}"
+        )
+    classes = [codes[name] for name in labels or ("myelin",)]
     rng = np.random.default_rng(seed)
     hard = _choose_hard(rng, n_images, hard_fraction)
     samples = []
     for index, is_hard in enumerate(hard):
-        image, mask = _render(rng, size, pixel_size, _HARD if is_hard else _NORMAL)
+        image, tissue = _render(rng, size, pixel_size, _HARD if is_hard else _NORMAL)
         if myelin_bright:
             image = 1.0 - image
+        mask = np.zeros_like(tissue)
+        for k, code in enumerate(classes, start=1):
+            mask[tissue == code] = k
         samples.append(Sample(f"phantom-{index:03d}", image, mask, pixel_size, None))
     return samples
 
@@ -240,7 +254,8 @@ def _smooth_noise(rng: np.random.Generator, size: int, sigma_px: float) -> np.nd
 def _render(
     rng: np.random.Generator, size: int, pixel_size: float, regime: _Regime
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One phantom image float32 ``[size, size]`` in [0, 1] and its myelin mask uint8."""
+    """One phantom image float32 ``[size, size]`` in [0, 1] and its tissue labels uint8
+    (0 background, 1 myelin, 2 axon)."""
     fibres = _draw_fibres(rng, size, pixel_size, regime)
     labels, owner = _label_fibres(fibres, size)
     n = len(fibres.g)
@@ -263,4 +278,4 @@ def _render(
     image += shading
     noise_std = rng.uniform(*regime.noise) * np.sqrt(0.4 + 1.2 * np.clip(image, 0, 1))
     image += noise_std * rng.standard_normal((size, size))
-    return np.clip(image, 0, 1).astype(np.float32), (labels == _MYELIN).astype(np.uint8)
+    return np.clip(image, 0, 1).astype(np.float32), labels

@@ -74,6 +74,7 @@ def _image_patches(cfg: DataConfig) -> tuple[PatchSet, Scales]:
             modality=cfg.modality,
             label_suffix=cfg.label_suffix,
             channel=cfg.channel,
+            labels=cfg.labels,
         )
     unknown = [s.name for s in samples if s.pixel_size is None]
     if cfg.pixel_size is not None and unknown:

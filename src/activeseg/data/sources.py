@@ -1,10 +1,15 @@
-"""Data sources: each yields :class:`Sample` objects (image, binary mask, pixel size)."""
+"""Data sources: each yields :class:`Sample` objects (image, mask, pixel size).
+
+A mask is binary (1 = foreground, e.g. myelin), or with ``labels`` (e.g. ``("axon",
+"myelin")``) a label map combined from one binary mask per class (:func:`combine_masks`).
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +27,8 @@ class Sample:
     Attributes:
         name: unique identifier, e.g. ``"sub-rat1_sample-data1"``; splits group patches by it.
         image: float32 ``[H, W]`` intensities in [0, 1] (integer images divided by dtype max).
-        mask: uint8 ``[H, W]``, 1 = foreground (myelin), 0 = background.
+        mask: uint8 ``[H, W]``, 1 = foreground (myelin), 0 = background; with several
+            classes the label 0 .. C-1 of each pixel (e.g. 1 = axon, 2 = myelin).
         pixel_size: isotropic pixel size in µm, or ``None`` when unknown (then no resampling).
             Its sources, first found: the caller's (``--pixel-size``), the BIDS sidecars, the
             file's metadata (:mod:`activeseg.data.metadata`: OME-TIFF, TIFF tags).
@@ -56,6 +62,7 @@ def load_source(
     modality: str = "SEM",
     label_suffix: str = "seg-myelin-manual",
     channel: int | None = None,
+    labels: tuple[str, ...] = (),
 ) -> list[Sample]:
     """Load samples from a BIDS folder or an images/masks folder (``"synthetic"``, the
     phantom sized to a config, is made by :mod:`activeseg.data.synthetic`).
@@ -69,6 +76,8 @@ def load_source(
         label_suffix: BIDS derivative suffix of the masks.
         channel: the channel to read of multi-channel images (see
             :func:`~activeseg.data.images.read_image`).
+        labels: class names: class ``i + 1`` is the mask ``<stem>_seg-<labels[i]>-manual``
+            (BIDS and folders); empty: one binary mask per image.
 
     Returns:
         Samples sorted by name.
@@ -77,23 +86,32 @@ def load_source(
     if not root.is_dir():
         raise UserError(f"data source {spec!r} is not a directory; expected {_LAYOUTS}.")
     if _is_bids(root, pixel_size):
-        return load_bids(root, modality=modality, label_suffix=label_suffix, channel=channel)
+        suffixes = label_suffixes(label_suffix, labels)
+        return load_bids(root, modality=modality, label_suffix=suffixes, channel=channel)
     if (root / "images").is_dir():
-        return load_folder(root, pixel_size=pixel_size, channel=channel)
+        return load_folder(root, pixel_size=pixel_size, channel=channel, labels=labels)
     raise UserError(f"{root} has no recognised layout; expected {_LAYOUTS}.")
+
+
+def label_suffixes(label_suffix: str, labels: tuple[str, ...]) -> tuple[str, ...]:
+    """The BIDS derivative suffixes of the masks of classes 1 .. C-1: ``seg-<label>-manual``
+    for each of ``labels``, else ``label_suffix`` alone (binary)."""
+    return tuple(f"seg-{name}-manual" for name in labels) if labels else (label_suffix,)
 
 
 def load_bids(
     root: Path,
     modality: str = "SEM",
-    label_suffix: str = "seg-myelin-manual",
+    label_suffix: str | tuple[str, ...] = "seg-myelin-manual",
     channel: int | None = None,
 ) -> list[Sample]:
     """Load an AxonDeepSeg-style BIDS microscopy dataset.
 
     Images: ``sub-*/[ses-*/]micr/<stem>.png|tif|tiff`` with ``<stem>`` ending in
     ``_<modality>``. Labels: ``derivatives/labels/<same folder>/<stem>_<label_suffix>.png``
-    (``.tif``/``.tiff`` also accepted). An image without a label is skipped with a warning.
+    (``.tif``/``.tiff`` also accepted); several suffixes (one per class, e.g.
+    ``("seg-axon-manual", "seg-myelin-manual")``) give label maps (:func:`combine_masks`).
+    An image without (all its) labels is skipped with a warning.
 
     Pixel size (µm) comes from ``PixelSize`` ``[x, y]`` and ``PixelSizeUnits`` (``"um"``
     default, ``"nm"``, ``"mm"``) of the JSON sidecars, merged by the BIDS inheritance
@@ -111,15 +129,16 @@ def load_bids(
     root = Path(root).absolute()
     if not root.is_dir():
         raise UserError(f"BIDS folder not found: {root}")
+    suffixes = (label_suffix,) if isinstance(label_suffix, str) else tuple(label_suffix)
     images = _bids_images(root, modality)
     samples = []
     for image_path in images:
         stem = image_stem(image_path)
-        label_path = _find_label(root, image_path, f"{stem}_{label_suffix}")
-        if label_path is None:
+        found = [_find_label(root, image_path, f"{stem}_{suffix}") for suffix in suffixes]
+        if missing := [s for s, path in zip(suffixes, found, strict=True) if path is None]:
+            names = ", ".join(f"{stem}_{suffix}.png" for suffix in missing)
             warnings.warn(
-                f"{image_path}: no label {stem}_{label_suffix}.png under derivatives/labels; "
-                "image skipped.",
+                f"{image_path}: no label {names} under derivatives/labels; image skipped.",
                 stacklevel=2,
             )
             continue
@@ -127,15 +146,16 @@ def load_bids(
             _make_sample(
                 name=stem.removesuffix(f"_{modality}"),
                 image_path=image_path,
-                mask_path=label_path,
+                mask_path=[path for path in found if path is not None],
                 pixel_size=_bids_pixel_size(root, image_path, modality),
                 channel=channel,
             )
         )
     if not samples:
+        wanted = " + ".join(f"'*_{suffix}.png'" for suffix in suffixes)
         raise UserError(
             f"none of the {len(images)} {modality} images in {root} has a label "
-            f"'*_{label_suffix}.png' under derivatives/labels/ (check the label suffix)."
+            f"{wanted} under derivatives/labels/ (check the label suffix or data.labels)."
         )
     return _sorted_unique(samples)
 
@@ -145,6 +165,7 @@ def load_folder(
     pixel_size: float | None = None,
     mask_suffix: str = "",
     channel: int | None = None,
+    labels: tuple[str, ...] = (),
 ) -> list[Sample]:
     """Load ``root/images/*`` with ``root/masks/*`` paired by file stem.
 
@@ -158,6 +179,8 @@ def load_folder(
             (OME-TIFF, TIFF tags), else unknown.
         mask_suffix: extra accepted mask-stem suffix, e.g. ``"_label"``.
         channel: the channel to read of multi-channel images.
+        labels: class names; each image then needs one mask
+            ``masks/<stem>_seg-<label>-manual.<ext>`` per label, combined into a label map.
 
     Raises:
         UserError: missing folders, no images, images without a mask, masks without an
@@ -173,7 +196,15 @@ def load_folder(
     images = {image_stem(path): path for path in _image_files(image_dir)}
     if not images:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
-    pairs = _pair_masks(images, _image_files(mask_dir), mask_suffix)
+    masks = _image_files(mask_dir)
+    if labels:
+        per_class = [
+            _pair_masks(images, [m for m in masks if image_stem(m).endswith(s)], s, only=True)
+            for s in (f"_seg-{name}-manual" for name in labels)
+        ]
+        pairs = {stem: [found[stem] for found in per_class] for stem in images}
+    else:
+        pairs = {stem: [m] for stem, m in _pair_masks(images, masks, mask_suffix).items()}
     return _sorted_unique(
         [
             _make_sample(
@@ -267,9 +298,12 @@ def _bids_images(root: Path, modality: str) -> list[Path]:
     return images
 
 
-def _pair_masks(images: dict[str, Path], masks: list[Path], mask_suffix: str) -> dict[str, Path]:
-    """Map each image stem to its one mask; raise listing every orphan or ambiguity."""
-    suffixes = tuple(s for s in (mask_suffix, *MASK_SUFFIXES) if s)
+def _pair_masks(
+    images: dict[str, Path], masks: list[Path], mask_suffix: str, only: bool = False
+) -> dict[str, Path]:
+    """Map each image stem to its one mask; raise listing every orphan or ambiguity. Mask
+    stems may add ``mask_suffix`` or (unless ``only``) one of :data:`MASK_SUFFIXES`."""
+    suffixes = tuple(s for s in (mask_suffix, *(() if only else MASK_SUFFIXES)) if s)
     found: dict[str, list[Path]] = {stem: [] for stem in images}
     orphan_masks = []
     for mask in masks:
@@ -308,30 +342,61 @@ def _image_files(folder: Path) -> list[Path]:
 def _make_sample(
     name: str,
     image_path: Path,
-    mask_path: Path,
+    mask_path: Sequence[Path],
     pixel_size: float | None,
     channel: int | None = None,
 ) -> Sample:
-    """Read an image and its mask; raise if their shapes differ.
+    """Read an image and its mask (one per class, see :func:`combine_masks`); raise if their
+    shapes differ.
 
     A mask without foreground, or foreground everywhere, is accepted with a warning: a
     region without myelin is real data, but such a mask is also what an inverted or empty
     export looks like.
     """
-    image, mask = read_image(image_path, channel), read_mask(mask_path)
-    if image.shape != mask.shape:
-        raise UserError(
-            f"image {image_path} is {image.shape[1]}×{image.shape[0]} pixels but its mask "
-            f"{mask_path} is {mask.shape[1]}×{mask.shape[0]}; they must match."
-        )
-    if not mask.any() or mask.all():
-        what = "no foreground (myelin) pixel" if not mask.any() else "foreground everywhere"
+    image = read_image(image_path, channel)
+    masks = []
+    for path in mask_path:
+        mask = read_mask(path)
+        if image.shape != mask.shape:
+            raise UserError(
+                f"image {image_path} is {image.shape[1]}×{image.shape[0]} pixels but its mask "
+                f"{path} is {mask.shape[1]}×{mask.shape[0]}; they must match."
+            )
+        if not mask.any() or mask.all():
+            what = "no foreground (myelin) pixel" if not mask.any() else "foreground everywhere"
+            warnings.warn(
+                f"mask {path} has {what}; used as it is. Check that it is not empty or "
+                "inverted (foreground = myelin must be the bright value, e.g. 255 on 0).",
+                stacklevel=3,
+            )
+        masks.append(mask)
+    labels = combine_masks(masks, str(image_path)) if len(masks) > 1 else masks[0]
+    return Sample(name=name, image=image, mask=labels, pixel_size=pixel_size, path=image_path)
+
+
+OVERLAP_WARNING = 0.01
+"""Fraction of the labelled pixels above which overlapping class masks get a warning."""
+
+
+def combine_masks(masks: Sequence[np.ndarray], where: str) -> np.ndarray:
+    """The label map uint8 ``[H, W]`` of binary class masks ``[H, W]`` (class ``i + 1`` =
+    ``masks[i]``, 0 = background). Where masks overlap the later class wins (AxonDeepSeg's
+    axon and myelin masks are disjoint; one image of its SEM set shares 9 edge pixels,
+    which then count as myelin); an overlap above :data:`OVERLAP_WARNING` of the labelled
+    pixels (``where`` names the image) gets a warning, as it suggests wrong files."""
+    labels = np.zeros(masks[0].shape, dtype=np.uint8)
+    for k, mask in enumerate(masks, start=1):
+        labels[mask.astype(bool)] = k
+    covered = int(np.count_nonzero(labels))
+    overlap = int(sum(np.count_nonzero(m) for m in masks)) - covered
+    if covered and overlap / covered > OVERLAP_WARNING:
         warnings.warn(
-            f"mask {mask_path} has {what}; used as it is. Check that it is not empty or "
-            "inverted (foreground = myelin must be the bright value, e.g. 255 on 0).",
+            f"{where}: the class masks overlap on {overlap} pixels ({overlap / covered:.1%} of "
+            "the labelled ones); the later class of data.labels wins there. Check that the "
+            "masks belong to the same image and classes.",
             stacklevel=3,
         )
-    return Sample(name=name, image=image, mask=mask, pixel_size=pixel_size, path=image_path)
+    return labels
 
 
 def _sorted_unique(samples: list[Sample]) -> list[Sample]:

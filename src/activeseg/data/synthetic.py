@@ -52,9 +52,10 @@ def phantom_layout(cfg: DataConfig) -> tuple[int, int, float]:
 
 
 def synthetic_images(cfg: DataConfig) -> list[Sample]:
-    """The 2D axon-myelin phantom of :func:`phantom_layout`, seeded by ``data.split_seed``."""
+    """The 2D axon-myelin phantom of :func:`phantom_layout`, seeded by ``data.split_seed``,
+    with the classes of ``data.labels`` (axon and/or myelin; default the myelin mask)."""
     n_images, side, pixel = phantom_layout(cfg)
-    return make_phantom(n_images, side, pixel, seed=cfg.split_seed)
+    return make_phantom(n_images, side, pixel, seed=cfg.split_seed, labels=cfg.labels)
 
 
 def volume_count(cfg: DataConfig) -> int:

@@ -186,10 +186,11 @@ def maps_figure(strategy: str, repetition: int, panels: Sequence[MapPanel]) -> F
     fig = Figure(figsize=(2.3 * len(columns) + 0.8, 2.3 * len(panels) + 1.3), layout="constrained")
     axes = fig.subplots(len(panels), len(columns), squeeze=False)
     std_max, rank_max = map_limits(panels)
+    top = max([1.0] + [float(p.truth.max()) for p in panels if p.truth is not None])  # labels
     images = {}
     for row, p in zip(axes, panels, strict=True):
         arrays = ([p.image, p.truth] if with_data else []) + [p.mean, p.std, p.ranking]
-        scales = ([(0.0, 1.0, "gray"), (0.0, 1.0, "gray")] if with_data else []) + [
+        scales = ([(0.0, 1.0, "gray"), (0.0, top, "gray")] if with_data else []) + [
             (0.0, 1.0, "viridis"),
             (0.0, std_max, "inferno"),
             (0.0, rank_max, "inferno"),
