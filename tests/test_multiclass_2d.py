@@ -166,6 +166,18 @@ def test_count_axons_counts_myelinated_axons_of_axon_myelin_masks() -> None:
     assert count_axons(labels).min() > 3
 
 
+def test_annotation_hours_count_axons_when_the_classes_include_myelin(tmp_path: Path) -> None:
+    from activeseg.report.annotation import AXON as AXONS
+    from activeseg.report.annotation import annotation_cost
+
+    (tmp_path / "derivatives").mkdir()
+    bids = with_overrides(preset("cpu"), {"data.source": str(tmp_path)})
+    cost, _ = annotation_cost(with_overrides(bids, {"data.labels": "axon,myelin"}))
+    assert cost is not None and cost.unit == AXONS and "_seg-axon-manual" in cost.why
+    cost, _ = annotation_cost(with_overrides(bids, {"data.labels": "axon"}))
+    assert cost is None  # axons alone: not the paper's myelinated-axon count
+
+
 TINY = {
     "data.labels": "axon,myelin",
     "data.n_initial": 2,

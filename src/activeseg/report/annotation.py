@@ -5,8 +5,9 @@ The paper's estimate, myelinated axons (connected components of the ground-truth
 config says the labels are, never guessed from pixel values:
 
 * **axon/myelin labels** — the 2D phantom (``data.source = synthetic``), or a BIDS
-  microscopy dataset whose label suffix names myelin (``data.label_suffix``, default
-  ``seg-myelin-manual``, the AxonDeepSeg convention): axons x ``minutes_per_axon``.
+  microscopy dataset whose classes include myelin (``data.labels``, else the label suffix
+  ``data.label_suffix``, default ``seg-myelin-manual``, the AxonDeepSeg convention): axons x
+  ``minutes_per_axon``.
   (Axon + myelin label maps count the same way: an axon and its sheath are one
   non-background component.)
 * **anything else** — a folder of images and masks (whose structure activeseg cannot know),
@@ -104,6 +105,6 @@ def myelin_labels(config: Config) -> str:
         return ""
     if d.source == SYNTHETIC:
         return "the phantom's myelin masks"
-    if "myelin" in d.label_suffix and is_bids(Path(d.source).expanduser()):
-        return f"BIDS labels *_{d.label_suffix}"
+    if "myelin" in d.class_names and is_bids(Path(d.source).expanduser()):
+        return f"BIDS labels {', '.join(f'*{s}' for s in d.mask_suffixes)}"
     return ""
