@@ -102,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     bench.add_argument("--sem", help="BIDS SEM folder for the AL-iteration benchmark")
 
+    exp = sub.add_parser("export", help="write the model of a run or project to a file")
+    exp.add_argument("source", type=Path, metavar="RUN_DIR|PROJECT")
+    exp.add_argument("--out", type=Path, required=True, help="model file to write (.pt)")
+    exp.add_argument("--strategy", help="a run's strategy whose final model (default: the first)")
+    exp.add_argument("--repetition", type=int, default=0, help="a run's repetition (default 0)")
+    exp.add_argument("--onnx", type=Path, metavar="FILE", help="also write the network as ONNX")
+
     from activeseg.annotation import cli as project_cli
 
     project_cli.add_parsers(sub)
@@ -167,6 +174,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
 
 
+def _export(args: argparse.Namespace) -> int:
+    from activeseg.modelfiles import export_model, export_onnx, load_model
+
+    done = export_model(args.source, args.out, strategy=args.strategy, repetition=args.repetition)
+    classes = ", ".join(done.config.data.class_names)
+    print(f"the model of {done.describe()} (classes {classes}): {args.out}")
+    if args.onnx is not None:
+        export_onnx(load_model(args.out, device="cpu"), args.onnx)
+        print(f"ONNX: {args.onnx}")
+    return 0
+
+
 def _show_warning(
     message: Warning | str,
     category: type[Warning],
@@ -206,6 +225,8 @@ def _run(args: argparse.Namespace) -> int:
         from activeseg.bench import bench
 
         return bench(args.quick, args.json, args.sem)
+    if args.command == "export":
+        return _export(args)
     if args.command == "report":
         html = write_report(args.run_dir, args.out, args.minutes_per_axon, args.minutes_per_patch)
         print(f"report: {html.resolve()}")

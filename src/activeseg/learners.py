@@ -53,7 +53,14 @@ from activeseg.metrics import (
 from activeseg.model import output_channels, patch_dropout, seeded_unet
 from activeseg.runtime import Runtime, derive_seed
 from activeseg.scoring import McStats, mc_statistics
-from activeseg.train import FitResult, Labelled, class_confusion_counts, fit, predict
+from activeseg.train import (
+    FitResult,
+    Labelled,
+    class_confusion_counts,
+    evaluate,
+    fit,
+    predict,
+)
 
 CHECKPOINT_FORMAT = 2
 
@@ -333,6 +340,15 @@ class CommitteeLearner(ModelLearner):
         return confusion(probs.mean(0) >= threshold, target)[:, None], extra
 
 
+def validation_dice(learner: ModelLearner) -> float:
+    """The Dice of ``learner``'s trained network(s) on its validation set, as training
+    measures it to keep its best weights (a committee: of the members' mean)."""
+    val = learner.data.val
+    if learner.committee is not None:
+        return committee_dice(learner.models, val.images, val.masks, learner.runtime)
+    return float(evaluate(learner.model, val.images, val.masks, learner.runtime)["dice"])
+
+
 def fit_info(result: FitResult | SvgdResult) -> dict[str, Any]:
     """The record fields of a training."""
     return {
@@ -411,4 +427,5 @@ __all__ = [
     "make_learner",
     "read_checkpoint",
     "restore",
+    "validation_dice",
 ]

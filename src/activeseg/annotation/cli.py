@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from activeseg.config import parse_assignments
+from activeseg.errors import UserError
 from activeseg.presets import PRESETS
 
 if TYPE_CHECKING:  # importing the project module loads torch: only when a command runs
@@ -37,6 +38,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     init.add_argument("--strategy", default="std_edt", help="query strategy (default std_edt)")
     init.add_argument("--mask-suffix", help="of your mask files (default _seg-myelin-manual)")
     init.add_argument("--seed", type=int, help="run seed (default: the preset's)")
+    init.add_argument(
+        "--model",
+        type=Path,
+        help="start from this model file (activeseg export); later rounds fine-tune it "
+        "(train.init=warm, the default here) or retrain from scratch (train.init=scratch)",
+    )
     init.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
     train = sub.add_parser("train", help="train the project's model on what is annotated")
@@ -58,9 +65,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     status = sub.add_parser("status", help="annotated regions, validation Dice, next gain")
     status.add_argument("project", type=Path, metavar="PROJECT")
 
-    pred = sub.add_parser("predict", help="segment whole images with the project's model")
-    pred.add_argument("project", type=Path, metavar="PROJECT")
-    pred.add_argument("images", type=Path, nargs="+", metavar="IMAGES", help="files or folders")
+    pred = sub.add_parser("predict", help="segment whole images with a project's model or a file")
+    pred.add_argument(
+        "inputs",
+        type=Path,
+        nargs="+",
+        metavar="[PROJECT] IMAGES",
+        help="the project (unless --model), then image files or folders",
+    )
+    pred.add_argument("--model", type=Path, help="a model file (activeseg export), no project")
     pred.add_argument("--out", type=Path, required=True, help="output folder")
     pred.add_argument("--uncertainty", action="store_true", help="also <stem>_uncertainty.tif")
     pred.add_argument("--pixel-size", type=float, help="µm per pixel of the images")
@@ -93,10 +106,13 @@ def run(args: argparse.Namespace) -> int:
             holdout=holdout,
             mask_suffix=args.mask_suffix or MASK_SUFFIX,
             strategy=args.strategy,
+            model=args.model,
             log=print,
         )
         print(_status_text(Project(args.project).status()))
         return 0
+    if args.command == "predict":
+        return _predict(args)
     project = Project(args.project)
     if args.command == "train":
         trained = project.train(progress=not args.quiet, force=args.force)
@@ -124,21 +140,36 @@ def run(args: argparse.Namespace) -> int:
             return 2
     elif args.command == "status":
         print(_status_text(project.status()))
-    elif args.command == "predict":
-        from activeseg.annotation.predict import predict_images
+    return 0
 
-        written = predict_images(
-            project.segmenter(),
-            args.images,
-            args.out,
-            uncertainty=args.uncertainty,
-            pixel_size=args.pixel_size,
-            channel=args.channel,
-            overlap=args.overlap,
-            progress=not args.quiet,
-            known_sizes={i.name: i.pixel_size for i in project.settings.images},
-        )
-        print(f"wrote {len(written)} mask(s) to {args.out}")
+
+def _predict(args: argparse.Namespace) -> int:
+    from activeseg.annotation.predict import predict_images
+    from activeseg.annotation.project import Project
+
+    known: dict[str, float | None] = {}
+    if args.model is not None:
+        from activeseg.modelfiles import load_model
+
+        model, images = load_model(args.model), args.inputs
+    else:
+        if len(args.inputs) < 2:
+            raise UserError("predict needs a PROJECT and IMAGES, or --model FILE and IMAGES")
+        project, images = Project(args.inputs[0]), args.inputs[1:]
+        model = project.segmenter()
+        known = {i.name: i.pixel_size for i in project.settings.images}
+    written = predict_images(
+        model,
+        images,
+        args.out,
+        uncertainty=args.uncertainty,
+        pixel_size=args.pixel_size,
+        channel=args.channel,
+        overlap=args.overlap,
+        progress=not args.quiet,
+        known_sizes=known,
+    )
+    print(f"wrote {len(written)} mask file(s) to {args.out}")
     return 0
 
 
@@ -150,8 +181,9 @@ def _status_text(s: Status) -> str:
     if s.rounds:
         last = s.rounds[-1]
         dice = "n/a (no held-out image)" if last.val_dice is None else f"{last.val_dice:.3f}"
+        what = f"the model file {last.model}" if last.model else f"{last.n_patches} patches"
         lines.append(
-            f"model: round {last.round}, {last.n_patches} patches, held-out Dice {dice}"
+            f"model: round {last.round}, {what}, held-out Dice {dice}"
             + ("" if s.up_to_date else " (older than the annotations: run train or query)")
         )
         curve = ", ".join(

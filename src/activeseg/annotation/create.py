@@ -22,6 +22,7 @@ from activeseg.annotation.project import Project
 from activeseg.annotation.state import (
     HEATMAP_SUFFIX,
     MASK_SUFFIX,
+    PER_IMAGE,
     PROJECT_SCHEMA,
     TO_ANNOTATE,
     Annotation,
@@ -30,7 +31,7 @@ from activeseg.annotation.state import (
     State,
     state_to_json,
 )
-from activeseg.config import Config, save_yaml, validate, with_overrides
+from activeseg.config import Config, save_yaml, to_dict, validate, with_overrides
 from activeseg.data.images import (
     IMAGE_SUFFIXES,
     image_stem,
@@ -42,6 +43,8 @@ from activeseg.data.prepare import image_normalizer
 from activeseg.data.sources import MASK_SUFFIXES, ImageFile, combine_masks, find_images
 from activeseg.errors import UserError
 from activeseg.files import acquire_lock, atomic_write_bytes, atomic_write_text
+from activeseg.learners import read_checkpoint
+from activeseg.modelfiles import read_model_file
 from activeseg.presets import preset
 
 
@@ -56,6 +59,7 @@ def init_project(
     holdout: Sequence[str] = (),
     mask_suffix: str = MASK_SUFFIX,
     strategy: str = "std_edt",
+    model: Path | None = None,
     log: Callable[[str], None] = lambda line: None,
 ) -> Project:
     """Create the project ``root`` from the images of ``images`` (BIDS or a folder) and the
@@ -63,10 +67,18 @@ def init_project(
     ``data.labels`` one mask ``<image stem>_seg-<label>-manual`` per class).
 
     Everything is checked before the folder is created: bad input leaves nothing behind.
-    ``holdout`` names labelled images kept for validation only.
+    ``holdout`` names labelled images kept for validation only. ``model``: a model file
+    (``activeseg export``) the project starts from (:func:`adopted_config`); it is round 0,
+    queried with before any training.
     """
     root = Path(root)
-    config = with_overrides(preset(preset_name), overrides or {})
+    payload: dict[str, Any] | None = None
+    if model is None:
+        config = with_overrides(preset(preset_name), overrides or {})
+    else:
+        payload = read_model_file(Path(model))
+        model_config, payload = read_checkpoint(payload, str(model))
+        config = adopted_config(preset(preset_name), model_config, overrides or {}, Path(model))
     validate(config)
     get_strategy(strategy, config.scoring)
     names = MaskNames.of(config.data.labels, mask_suffix)
@@ -109,12 +121,13 @@ def init_project(
             f"native size, not resampled to {config.data.pixel_size} µm; give --pixel-size",
             stacklevel=2,
         )
+    normalizer = dict(payload["normalizer"]) if payload is not None else dict(PER_IMAGE)
     root.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(root / "project.lock")
     try:
         entries, annotations = [], []
         for f in tqdm(files, desc="copying images", leave=False, disable=len(files) < 5):
-            entry = _copy_image(root, f, f.name in holdout, config)
+            entry = _copy_image(root, f, f.name in holdout, config, normalizer)
             entries.append(entry)
             if f.name in mask_arrays:
                 classes = config.data.num_classes
@@ -126,6 +139,7 @@ def init_project(
             "images": [dataclasses.asdict(e) for e in entries],
             "mask_suffix": mask_suffix,
             "strategy": strategy,
+            "normalizer": normalizer,
         }
         atomic_write_text(root / "config.yaml", save_yaml(config))
         atomic_write_text(root / "state.json", state_to_json(State(tuple(annotations))))
@@ -133,21 +147,64 @@ def init_project(
         (root / TO_ANNOTATE).mkdir(exist_ok=True)
     finally:
         lock.release()
+    project = Project(root)
+    if payload is not None and model is not None:
+        start = project.adopt(payload, Path(model).name)
+        dice = "" if start.val_dice is None else f", held-out Dice {start.val_dice:.3f}"
+        log(f"round 0: the model {Path(model).name}{dice}")
     log(
         f"project {root}: {len(files)} images ({len(holdout)} held out), "
         f"{len(annotations)} with masks"
     )
-    return Project(root)
+    return project
 
 
-def _copy_image(root: Path, f: ImageFile, holdout: bool, config: Config) -> ProjectImage:
-    """Copy ``f`` into ``root/images/`` and measure its normaliser at the model's pixel
-    size."""
+MODEL_SETTINGS = (
+    "model.depth",
+    "model.base_filters",
+    "model.dropout",
+    "data.pixel_size",
+    "data.patch_size",
+    "data.spatial_dims",
+    "data.num_classes",
+    "data.labels",
+    "data.label_suffix",
+)
+"""The settings a model file fixes for a project started from it."""
+
+
+def adopted_config(base: Config, model: Config, overrides: dict[str, Any], where: Path) -> Config:
+    """The config of a project started from a model: ``base`` (the preset) with the
+    network, pixel size, window and classes of the ``model``'s config
+    (:data:`MODEL_SETTINGS`), ``train.init=warm`` (later rounds fine-tune the model) unless
+    ``overrides`` say otherwise, then ``overrides``.
+
+    Raises:
+        UserError: ``overrides`` change a setting the model fixes.
+    """
+    if fixed := sorted(set(overrides) & set(MODEL_SETTINGS)):
+        raise UserError(
+            f"{', '.join(fixed)}: the model {where} fixes these settings; leave them out"
+        )
+    flat = to_dict(model)
+    adopted = {key: flat[key.split(".")[0]][key.split(".")[1]] for key in MODEL_SETTINGS}
+    return with_overrides(base, {**adopted, "train.init": "warm", **overrides})
+
+
+def _copy_image(
+    root: Path, f: ImageFile, holdout: bool, config: Config, normalizer: dict[str, Any]
+) -> ProjectImage:
+    """Copy ``f`` into ``root/images/`` and give it its normaliser: the global one of a
+    ``normalizer`` of mode ``global``, else its own at the model's pixel size."""
     name = f"images/{f.name}{split_name(f.path)[1]}"
     atomic_write_bytes(root / name, f.path.read_bytes())
-    d = config.data
-    norm = image_normalizer(read_image(f.path, d.channel), f.pixel_size, d.pixel_size)
-    return ProjectImage(f.name, name, f.pixel_size, norm.mean, norm.std, holdout)
+    if normalizer.get("mode") == "global":
+        mean, std = float(normalizer["mean"]), float(normalizer["std"])
+    else:
+        d = config.data
+        norm = image_normalizer(read_image(f.path, d.channel), f.pixel_size, d.pixel_size)
+        mean, std = norm.mean, norm.std
+    return ProjectImage(f.name, name, f.pixel_size, mean, std, holdout)
 
 
 def _match_masks(

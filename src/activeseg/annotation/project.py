@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,6 +54,7 @@ from activeseg.annotation.predict import Segmenter
 from activeseg.annotation.regions import free_windows
 from activeseg.annotation.state import (
     DEFAULT_K,
+    PER_IMAGE,
     TO_ANNOTATE,
     Annotation,
     ProjectImage,
@@ -67,33 +67,25 @@ from activeseg.annotation.state import (
     state_from_json,
     state_to_json,
 )
-from activeseg.config import Config, load_yaml
+from activeseg.annotation.status import Status, estimate_gain
+from activeseg.config import Config, load_yaml, to_dict
 from activeseg.data.images import read_image
 from activeseg.data.patches import PatchSet, resample, resize, tile
 from activeseg.data.sources import Sample
 from activeseg.errors import UserError
 from activeseg.files import acquire_lock, atomic_write_bytes, atomic_write_text, remove_temporaries
-from activeseg.learners import LearnerData, ModelLearner, checkpoint, make_learner, restore
+from activeseg.learners import (
+    LearnerData,
+    ModelLearner,
+    checkpoint,
+    make_learner,
+    restore,
+    validation_dice,
+)
 from activeseg.model import predicted_labels
 from activeseg.runtime import Runtime, derive_seed, numpy_generator, resolve
 from activeseg.simulation.tasks import pool_chunk
 from activeseg.train import Labelled
-
-PER_IMAGE = {"mode": "per_image"}
-"""The normalisation of project models: each image standardised by its own statistics."""
-
-
-@dataclass(frozen=True)
-class Status:
-    n_images: int
-    n_holdout: int
-    n_annotated: int  # regions used for training (held-out images excluded)
-    n_pending: int
-    rounds: tuple[Round, ...]
-    up_to_date: bool  # the latest model was trained on every annotated region
-    pre_dice: float | None  # mean Dice of pre-annotations vs corrected masks
-    gain: float | None  # estimated held-out Dice gain of the next round
-    next_k: int
 
 
 @dataclass(frozen=True)
@@ -126,6 +118,7 @@ class Project:
             images=tuple(ProjectImage(**i) for i in data["images"]),
             mask_suffix=data["mask_suffix"],
             strategy=data["strategy"],
+            normalizer=data.get("normalizer", PER_IMAGE),
         )
         self.config: Config = load_yaml(self.root / "config.yaml")
         self.names = MaskNames.of(self.config.data.labels, self.settings.mask_suffix)
@@ -222,24 +215,31 @@ class Project:
         return tile(resampled, self.config.data.patch_size)
 
     def round_data(self, state: State) -> RoundData:
-        """The candidate windows and the training and held-out patches of ``state``."""
+        """The candidate windows and the training and held-out patches of ``state`` (no
+        training patches before anything is annotated, for a project started from a
+        model)."""
         train_ann = self._train_annotations(state)
-        if not train_ann:
+        if not train_ann and not self.has_model():
             raise UserError(
                 "nothing annotated to train on yet: give masks at init (--masks DIR) or "
                 f"annotate the regions in {self.to_annotate} and run `activeseg import`"
             )
         train = self.patches(train_ann)
-        if train is None or len(train) == 0:
+        if train_ann and (train is None or len(train) == 0):
             raise UserError("the annotated regions give no patch; check data.patch_size")
         held = self.patches([a for a in state.annotations if self.is_holdout(a.region.image)])
         windows, regions = self.candidates(state)
-        images = torch.from_numpy(np.concatenate([windows.images, train.images]))
-        ids = np.arange(len(windows), len(windows) + len(train))
+        parts = [windows.images] + ([train.images] if train is not None else [])
+        images = torch.from_numpy(np.concatenate(parts))
+        ids = np.arange(len(windows), len(images))
+        masks = train.masks if train is not None else np.zeros((0, *windows.images.shape[1:]))
         source = held if held is not None else train
-        val = Labelled(torch.from_numpy(source.images), torch.from_numpy(source.masks).float())
-        data = LearnerData(images, val)
-        return RoundData(data, windows, regions, ids, train.masks, held is not None)
+        val = (
+            Labelled(torch.from_numpy(source.images), torch.from_numpy(source.masks).float())
+            if source is not None
+            else Labelled(images[:0], images[:0])
+        )
+        return RoundData(LearnerData(images, val), windows, regions, ids, masks, held is not None)
 
     def candidates(self, state: State) -> tuple[PatchSet, list[Region]]:
         """The windows (normalised resampled patches) that may be queried and their regions
@@ -290,7 +290,15 @@ class Project:
     def _fit(
         self, rd: RoundData, state: State, committee: str | None, progress: bool
     ) -> tuple[Round, ModelLearner]:
+        if len(rd.train) == 0:
+            raise UserError(
+                "nothing annotated to train on yet: annotate the regions in "
+                f"{self.to_annotate} and run `activeseg import`"
+            )
         learner = make_learner(committee, rd.data, self.config, self.runtime(), progress=progress)
+        if committee is None and self.config.train.init == "warm" and self.has_model():
+            previous = self._checkpoint()  # fine-tune the latest model (train.init=warm)
+            learner.start(previous["models"][0] if previous["committee"] is None else None)
         start = time.perf_counter()
         info = learner.fit(rd.train, rd.masks, derive_seed(self.config.loop.seed, "train"))
         ids = tuple(a.id for a in self._train_annotations(state))
@@ -298,12 +306,29 @@ class Project:
         number = len(state.rounds)
         seconds = time.perf_counter() - start
         result = Round(number, len(ids), len(rd.train), val_dice, seconds, ids, committee)
-        payload = checkpoint(learner, PER_IMAGE, round=number, annotations=list(ids))
+        payload = checkpoint(learner, self.settings.normalizer, round=number, annotations=list(ids))
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         atomic_write_bytes(self.model_path, buffer.getvalue())
         self._save_state(dataclasses.replace(state, rounds=(*state.rounds, result)))
         return result, learner
+
+    def adopt(self, payload: dict[str, Any], name: str) -> Round:
+        """Round 0 of a project started from the model file ``name``: its weights (checkpoint
+        ``payload``) become the project's model without training, with the held-out Dice
+        they give (``None`` without a held-out image)."""
+        with self.locked():
+            state = self.state()
+            payload = {**payload, "config": to_dict(self.config), "round": 0, "annotations": []}
+            buffer = io.BytesIO()
+            torch.save(payload, buffer)
+            atomic_write_bytes(self.model_path, buffer.getvalue())
+            rd = self.round_data(state)
+            dice = validation_dice(self.load_learner(rd.data)) if rd.holdout else None
+            committee = payload.get("committee")
+            result = Round(0, 0, 0, dice, 0.0, (), committee, model=name)
+            self._save_state(dataclasses.replace(state, rounds=(result,)))
+            return result
 
     def _checkpoint(self) -> dict[str, Any]:
         if not self.model_path.is_file():
@@ -467,6 +492,11 @@ class Project:
         k = len(recent) or DEFAULT_K
         pre = [a.pre_dice for a in state.annotations if a.pre_dice is not None]
         committee = self.strategy().committee
+        curve = [  # trained rounds (not an adopted model file)
+            (r.n_patches, r.val_dice)
+            for r in state.rounds
+            if r.val_dice is not None and not r.model
+        ]
         return Status(
             n_images=len(self.settings.images),
             n_holdout=sum(i.holdout for i in self.settings.images),
@@ -475,26 +505,6 @@ class Project:
             rounds=state.rounds,
             up_to_date=self._up_to_date(state, committee),
             pre_dice=float(np.mean(pre)) if pre else None,
-            gain=estimate_gain(
-                [(r.n_patches, r.val_dice) for r in state.rounds if r.val_dice is not None], k
-            ),
+            gain=estimate_gain(curve, k),
             next_k=k,
         )
-
-
-def estimate_gain(curve: Sequence[tuple[int, float]], extra: int, last: int = 4) -> float | None:
-    """Estimated held-out Dice gain from ``extra`` more patches, from the learning curve
-    ``(n_patches, dice)`` of the trainings so far.
-
-    Fits ``dice = a + b * ln(n)`` by least squares to the latest ``last`` points (small-data
-    learning curves are close to linear in log n) and returns ``b * ln((n + extra) / n)`` at
-    the latest ``n``, clipped to ``[0, 1 - dice]``; ``None`` with fewer than two distinct n.
-    """
-    points = list(curve)[-last:]
-    ns = np.array([p[0] for p in points], dtype=np.float64)
-    if len(np.unique(ns)) < 2:
-        return None
-    dice = np.array([p[1] for p in points], dtype=np.float64)
-    slope = np.polyfit(np.log(ns), dice, 1)[0]
-    gain = float(slope * math.log((ns[-1] + extra) / ns[-1]))
-    return min(max(gain, 0.0), 1.0 - float(dice[-1]))

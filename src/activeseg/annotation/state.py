@@ -27,6 +27,8 @@ HEATMAP_SUFFIX = "_uncertainty"
 DEFAULT_K = 4
 """Regions per query when ``-k`` is not given."""
 TO_ANNOTATE = "to_annotate"
+PER_IMAGE = {"mode": "per_image"}
+"""The normalisation of project models by default: each image by its own statistics."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class Round:
     seconds: float
     annotations: tuple[str, ...]
     committee: str | None = None  # the kind of the trained committee; None: one network
+    model: str | None = None  # round 0 of `init --model`: the file adopted (no training)
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,9 @@ class Settings:
     images: tuple[ProjectImage, ...]
     mask_suffix: str = MASK_SUFFIX
     strategy: str = "std_edt"
+    normalizer: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(PER_IMAGE))
+    """How the project's models standardise images (each image's mean/std are in
+    ``images``): ``per_image``, or ``global`` when started from a model trained so."""
 
 
 # --------------------------------------------------------------------------- JSON
