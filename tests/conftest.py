@@ -135,6 +135,23 @@ TINY_OVERRIDES: dict[str, object] = {
 }
 
 
+PROJECT_SETTINGS = [
+    "data.patch_size=32",
+    "model.depth=3",
+    "model.base_filters=8",
+    "train.epochs=100",
+    "train.steps_per_epoch=1",
+    "train.batch_size=8",
+    "train.validate_every=10",
+    "train.device=cpu",
+    "train.precision=fp32",
+    "scoring.mc_samples=4",
+    "scoring.mc_batch=4",
+]
+"""``--set`` values of the tiny annotation projects: 32-px windows, a depth-3 U-Net, 100
+steps, 4 MC samples, fp32 on the CPU."""
+
+
 @pytest.fixture(scope="session")
 def tiny_config() -> Config:
     """The demo preset cut to ~2 s per run: 2 strategies x 2 repetitions x 3 trainings."""

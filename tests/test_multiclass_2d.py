@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import PROJECT_SETTINGS, TINY_OVERRIDES
 from PIL import Image
 
 from activeseg.cli import main
@@ -179,19 +180,8 @@ def test_annotation_hours_count_axons_when_the_classes_include_myelin(tmp_path: 
 
 
 TINY = {
+    **TINY_OVERRIDES,
     "data.labels": "axon,myelin",
-    "data.n_initial": 2,
-    "data.n_val": 4,
-    "data.n_test": 4,
-    "data.n_pool": 6,
-    "model.base_filters": 4,
-    "train.epochs": 4,
-    "train.batch_size": 4,
-    "train.validate_every": 4,
-    "train.precision": "fp32",
-    "train.device": "cpu",
-    "scoring.mc_samples": 3,
-    "scoring.mc_batch": 2,
     "loop.strategies": "random,std_edt,entropy",
     "loop.repetitions": 1,
     "loop.iterations": 1,
@@ -214,20 +204,7 @@ def test_a_multi_class_simulation_records_per_class_metrics(tmp_path: Path) -> N
     assert (html.parent / "learning_dice_class2.png").is_file()
 
 
-SETTINGS = [
-    "data.labels=axon,myelin",
-    "data.patch_size=32",
-    "model.depth=3",
-    "model.base_filters=8",
-    "train.epochs=60",
-    "train.steps_per_epoch=1",
-    "train.batch_size=8",
-    "train.validate_every=10",
-    "train.device=cpu",
-    "train.precision=fp32",
-    "scoring.mc_samples=4",
-    "scoring.mc_batch=4",
-]
+SETTINGS = [*PROJECT_SETTINGS, "data.labels=axon,myelin"]
 
 
 def test_a_multi_class_project_from_init_to_axondeepseg_files(tmp_path: Path) -> None:

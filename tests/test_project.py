@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import PROJECT_SETTINGS as SETTINGS
 from PIL import Image
 
 from activeseg.annotation.project import Project, estimate_gain
@@ -18,20 +19,6 @@ from activeseg.cli import main
 from activeseg.data.images import read_mask
 from activeseg.data.phantom import make_phantom
 from activeseg.data.sources import Sample
-
-SETTINGS = [
-    "data.patch_size=32",
-    "model.depth=3",
-    "model.base_filters=8",
-    "train.epochs=100",
-    "train.steps_per_epoch=1",
-    "train.batch_size=8",
-    "train.validate_every=10",
-    "train.device=cpu",
-    "train.precision=fp32",
-    "scoring.mc_samples=4",
-    "scoring.mc_batch=4",
-]
 
 
 def _save(folder: Path, samples: list[Sample], masks: bool) -> None:
