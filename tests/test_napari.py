@@ -1,5 +1,7 @@
-"""The napari dock widget, headless (``QT_QPA_PLATFORM=offscreen``): open a project, show a
-region, Submit writes and imports the mask, Retrain asks for new regions in a worker."""
+"""The napari dock widget, headless (``QT_QPA_PLATFORM=offscreen``): create a project from
+open layers, open one, show a region, Submit writes and imports the mask, Retrain asks for
+new regions in a worker, Segment adds the labels and a float uncertainty layer; binary and
+axon + myelin."""
 
 from __future__ import annotations
 
@@ -18,7 +20,14 @@ pytest.importorskip("pytestqt", reason="pytest-qt is not installed: pip install 
 from activeseg.annotation.create import init_project  # noqa: E402
 from activeseg.data.images import read_mask  # noqa: E402
 from activeseg.data.phantom import make_phantom  # noqa: E402
-from activeseg.napari._widget import HEATMAP, IMAGE, MASK, AnnotationWidget  # noqa: E402
+from activeseg.napari._widget import (  # noqa: E402
+    HEATMAP,
+    IMAGE,
+    MASK,
+    SEGMENTATION,
+    SEGMENTATION_STD,
+    AnnotationWidget,
+)
 
 TINY = {
     "data.patch_size": 32,
@@ -125,3 +134,59 @@ def test_the_manifest_registers_the_widget() -> None:
     assert command.python_name is not None
     module, _, name = command.python_name.partition(":")
     assert getattr(__import__(module, fromlist=[name]), name) is AnnotationWidget
+
+
+def _phantom_layers(viewer, labels: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+    samples = make_phantom(n_images=3, size=64, seed=1, hard_fraction=0.0, labels=labels)
+    for s in samples:
+        viewer.add_image(np.round(s.image * 255).astype(np.uint8), name=s.name)
+    viewer.add_labels(samples[0].mask, name="phantom-000 mask")
+    return samples
+
+
+CREATE = {**{k: str(v) for k, v in TINY.items()}, "data.pixel_size": "none", "train.epochs": "30"}
+
+
+@pytest.mark.parametrize("labels", [(), ("axon", "myelin")])
+def test_create_submit_retrain_and_segment_from_open_layers(
+    make_napari_viewer, qtbot, tmp_path: Path, labels: tuple[str, ...]
+) -> None:
+    viewer = make_napari_viewer()
+    samples = _phantom_layers(viewer, labels)
+    widget = AnnotationWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="activeseg")
+    overrides = {**CREATE, **({"data.labels": ",".join(labels)} if labels else {})}
+    widget.create_project(tmp_path / "proj", overrides)
+    project = widget.project
+    assert project is not None and project.root == tmp_path / "proj"
+    assert [i.name for i in project.settings.images] == [s.name for s in samples]
+    (annotation,) = project.state().annotations  # the mask layer of phantom-000
+    np.testing.assert_array_equal(project.read_annotation(annotation), samples[0].mask)
+
+    widget.k_box.setValue(2)
+    qtbot.mouseClick(widget.retrain_button, _left())  # trains, asks for 2 regions
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert widget.current is not None
+    heat = viewer.layers[HEATMAP]
+    assert heat.data.dtype == np.float32 and heat.data.shape == (32, 32)  # a float std map
+    mask_layer = viewer.layers[MASK]
+    corrected = np.zeros((32, 32), np.uint8)
+    corrected[2:10, 3:30] = len(labels) or 1  # myelin: label 2 with axon + myelin
+    corrected[20:30, 5:9] = 1
+    mask_layer.data = corrected
+    first = widget.current.id
+    qtbot.mouseClick(widget.submit_button, _left())
+    stored = next(a for a in project.state().annotations if a.id == first)
+    np.testing.assert_array_equal(project.read_annotation(stored), corrected)
+
+    viewer.layers.selection.active = viewer.layers["phantom-002"]
+    qtbot.mouseClick(widget.segment_button, _left())
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    segmentation, std = viewer.layers[SEGMENTATION], viewer.layers[SEGMENTATION_STD]
+    assert segmentation.data.shape == std.data.shape == (64, 64)
+    assert set(np.unique(segmentation.data)) <= set(range(len(labels) + 2 if labels else 2))
+    assert std.data.dtype == np.float32 and std.data.max() > 0
+    truth = samples[2].mask
+    for k in range(1, (len(labels) or 1) + 1):
+        pred, want = segmentation.data == k, truth == k
+        assert 2 * (pred & want).sum() / (pred.sum() + want.sum()) > 0.4, k

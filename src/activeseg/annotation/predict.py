@@ -176,7 +176,7 @@ def predict_images(
     )
     written = []
     for f in tqdm(files, desc="predict", unit="image", disable=not progress):
-        size = _pixel_size(f, pixel_size, known_sizes or {}, cfg.data.pixel_size)
+        size = pixel_size_of(f, pixel_size, known_sizes or {}, cfg.data.pixel_size)
         image = read_image(f.path, cfg.data.channel if channel is None else channel)
         probs, std = segment_file(model, image, size, window)
         threshold, classes = cfg.scoring.threshold, cfg.data.class_names
@@ -204,7 +204,7 @@ def _input_files(
     return files
 
 
-def _pixel_size(
+def pixel_size_of(
     f: ImageFile,
     given: float | None,
     known: Mapping[str, float | None],

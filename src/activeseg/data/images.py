@@ -69,8 +69,15 @@ def read_image(path: Path, channel: int | None = None) -> np.ndarray:
         UserError: the file is missing, unreadable, multi-page/3-D, not finite, of several
             channels without ``channel``, or without channel ``channel``.
     """
-    raw = _read_raw(Path(path))
-    gray = _luminance(raw, path, channel)
+    return as_image(_read_raw(Path(path)), str(path), channel)
+
+
+def as_image(raw: Raw | np.ndarray, where: str, channel: int | None = None) -> np.ndarray:
+    """An array as :func:`read_image` reads it (float32 ``[H, W]`` in [0, 1]): ``raw``
+    ``[H, W]`` or ``[H, W, N]`` colour samples (e.g. a napari layer's data); ``where``
+    names it in errors."""
+    raw = raw if isinstance(raw, Raw) else Raw(np.asarray(raw))
+    gray = _luminance(raw, Path(where), channel)
     if not np.issubdtype(raw.data.dtype, np.floating):
         gray = gray / _dtype_max(raw.data.dtype)
     return _unit_range(gray).astype(np.float32)
