@@ -17,7 +17,7 @@ from activeseg.presets import PRESETS
 if TYPE_CHECKING:  # importing the project module loads torch: only when a command runs
     from activeseg.annotation.project import Status
 
-COMMANDS = ("init", "train", "query", "import", "status", "predict")
+COMMANDS = ("init", "train", "query", "import", "status", "predict", "export-labels")
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -82,6 +82,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     pred.add_argument("--overlap", type=float, default=0.25, help="window overlap (default 0.25)")
     pred.add_argument("--quiet", action="store_true")
 
+    labels = sub.add_parser(
+        "export-labels", help="write a project's annotations as a BIDS or nnU-Net dataset"
+    )
+    labels.add_argument("project", type=Path, metavar="PROJECT")
+    labels.add_argument("--format", required=True, choices=("bids", "nnunet"))
+    labels.add_argument("--out", type=Path, required=True, help="output folder")
+    labels.add_argument("--dataset-id", type=int, default=500, help="nnU-Net dataset id (500)")
+    labels.add_argument("--name", default="activeseg", help="nnU-Net dataset name (activeseg)")
+
 
 def run(args: argparse.Namespace) -> int:
     """Run a project subcommand; returns the exit code (2 if an import rejected a file)."""
@@ -140,6 +149,13 @@ def run(args: argparse.Namespace) -> int:
             return 2
     elif args.command == "status":
         print(_status_text(project.status()))
+    elif args.command == "export-labels":
+        from activeseg.annotation.export import export_labels
+
+        done = export_labels(
+            project, args.out, args.format, dataset_id=args.dataset_id, name=args.name
+        )
+        print(f"{len(done.cases)} labelled image(s) as {args.format}: {done.folder}")
     return 0
 
 

@@ -135,13 +135,22 @@ def write_segmentation(
     for k, name in enumerate(classes, start=1):
         written.append(out / f"{stem}_seg-{name}.png")
         write_mask_png(written[-1], (labels == k).astype(np.uint8))
-    if set(AXONMYELIN) <= set(classes):
-        combined = np.zeros(labels.shape, np.uint8)
-        for name in AXONMYELIN:
-            combined[labels == list(classes).index(name) + 1] = AXONMYELIN_VALUES[name]
+    if (combined := axonmyelin(labels, classes)) is not None:
         written.append(out / f"{stem}_seg-axonmyelin.png")
         write_gray_png(written[-1], combined)
     return written
+
+
+def axonmyelin(labels: np.ndarray, classes: Sequence[str]) -> np.ndarray | None:
+    """AxonDeepSeg's combined image uint8 ``[H, W]`` (axon 255, myelin 127, else 0) of a
+    label map ``[H, W]`` whose foreground ``classes`` include axon and myelin, else
+    ``None``."""
+    if not set(AXONMYELIN) <= set(classes):
+        return None
+    combined = np.zeros(labels.shape, np.uint8)
+    for name in AXONMYELIN:
+        combined[labels == list(classes).index(name) + 1] = AXONMYELIN_VALUES[name]
+    return combined
 
 
 def predict_images(

@@ -182,6 +182,10 @@ class Project:
         target, own = self.config.data.pixel_size, self._by_name[name].pixel_size
         return 1.0 if target is None or own is None else own / target
 
+    def entry(self, name: str) -> ProjectImage:
+        """The record of image ``name`` (file, pixel size, normaliser, held out or not)."""
+        return self._by_name[name]
+
     def is_holdout(self, name: str) -> bool:
         return self._by_name[name].holdout
 

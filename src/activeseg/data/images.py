@@ -145,15 +145,19 @@ def write_mask_png(path: Path, mask: np.ndarray) -> None:
 
 
 def write_gray_png(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 ``[H, W]`` array as an 8-bit gray PNG, values as they are (e.g. a label
-    map 0 .. C-1, or AxonDeepSeg's axon 255 / myelin 127), atomically: under a temporary
-    name in the same folder, then renamed. Missing parent folders are created."""
+    """Write a uint8 (or uint16) ``[H, W]`` array as an 8-bit (16-bit) gray PNG, values as
+    they are (e.g. a label map 0 .. C-1, or AxonDeepSeg's axon 255 / myelin 127),
+    atomically: under a temporary name in the same folder, then renamed. Missing parent
+    folders are created."""
+    array = np.asarray(array)
+    if array.dtype not in (np.uint8, np.uint16) or array.ndim != 2:
+        raise ValueError(f"need a uint8 or uint16 [H, W] array, got {array.dtype} {array.shape}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(np.asarray(array, dtype=np.uint8), mode="L").save(handle, format="PNG")
+            Image.fromarray(array).save(handle, format="PNG")
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
