@@ -28,6 +28,7 @@ def test_quick_bench_prints_a_table_and_writes_every_required_key(
     out = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
+    assert result["complete"] is True and result["sem_data"].startswith("synthetic")
     baal = bench.have_baal()
     for key in REQUIRED:
         if key.startswith("mc_speedup_vs_baal") and not baal:
@@ -65,3 +66,26 @@ def test_plain_augmentation_warps_image_and_mask_alike() -> None:
     img, msk = bench.plain_augment(image.numpy(), image.numpy(), rng)
     assert set(msk.ravel().tolist()) <= {0.0, 1.0}
     assert ((img > 0.5) == (msk > 0.5)).mean() > 0.97
+
+
+def test_results_are_written_as_they_come_and_survive_a_failing_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A section that fails after minutes of work no longer loses the earlier numbers."""
+    from activeseg.bench import measure
+
+    monkeypatch.setattr(bench, "FULL", measure.QUICK)  # the plumbing, in seconds
+
+    def broken(sem: str | None, sizes: measure.Sizes) -> dict[str, float]:
+        raise RuntimeError("the AL iteration failed")
+
+    monkeypatch.setattr(bench, "bench_iteration", broken)
+    out = tmp_path / "bench.json"
+    with pytest.raises(RuntimeError, match="AL iteration failed"):
+        bench.bench(json_path=out)
+    partial = json.loads(out.read_text())
+    assert partial["complete"] is False
+    assert partial["cpu"]["model"] and isinstance(partial["cpu"]["flags"], list)
+    assert {"naive fp32 loop", "activeseg fp32"} <= set(partial["mc"]["cpu"])
+    assert partial["train_speedup_vs_fp32_nchw"] > 0
+    assert "sem_iteration_seconds" not in partial
