@@ -40,6 +40,12 @@ def test_quick_bench_prints_a_table_and_writes_every_required_key(
     methods = set(result["mc"]["cpu"])
     assert {"naive fp32 loop", "activeseg fp32"} <= methods
     assert ("baal MCCachingModule" in methods) == baal
+    assert set(result["committee"]) == {
+        "one member",
+        "2 members, one after the other",
+        "2 members stacked",
+    }
+    assert result["committee_stacked_time_vs_one_member"] > 0
     rows = result["mc"]["cpu"]
     assert rows["naive fp32 loop"]["std_sum_correlation_with_naive"] == pytest.approx(1.0)
     assert all(-1 <= r["std_sum_correlation_with_naive"] <= 1 for r in rows.values())

@@ -20,8 +20,11 @@ distance is used, and if that is 0 too, ``h = 1`` (all distances are then 0 and 
 Nath et al.'s "Dice log-likelihood" ``log p(θ) = -log(DiceLoss(θ) + ε)`` on the training batch
 (no prior). Each particle has its own Adam (:func:`activeseg.train.make_optimizer`, as
 every training); ``-φ(θ_i)`` is written into its ``.grad`` so that Adam *ascends* ``φ``.
-Particles run forward/backward one after another on the same batch, so memory is that of
-one network plus the ``[M, D]`` parameter and gradient matrices.
+
+Ensemble members and SVGD particles train the same way, :func:`fit_members`: the M networks
+as one :class:`~activeseg.stacked.Stack` (the built-in U-Net as one grouped network), one
+forward and backward for all members per step, each member with its own weights, Adam state,
+batches, augmentation and dropout masks. SVGD works on the stacked parameters directly.
 
 With ``repulsion=False`` the kernel is replaced by the identity (``k_ij = δ_ij``, no
 repulsive term): each particle follows ``(1/M) ∇ log p(θ_i)`` alone, which is independent
@@ -42,18 +45,28 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from activeseg.config import TrainConfig
-from activeseg.metrics import confusion, summarize
-from activeseg.model import seeded_dropout
-from activeseg.runtime import Runtime
+from activeseg.errors import UserError
+from activeseg.metrics import confusion, summarize, summarize_classes
+from activeseg.model import probabilities
+from activeseg.runtime import Runtime, derive_seed
 from activeseg.scoring import McStats, Moments, concat
+from activeseg.stacked import (
+    Stack,
+    member_coordinates,
+    seed_members,
+    set_member_gradients,
+    stack,
+)
 from activeseg.train import (
     ADAM_EPS,
     BestState,
+    FitResult,
     Labelled,
     check_finite,
     make_loss,
     make_optimizer,
     predict,
+    probability_confusion,
     training_batches,
     validates,
 )
@@ -175,6 +188,14 @@ def svgd_direction(x: torch.Tensor, score: torch.Tensor, repulsion: bool = True)
 # ---------------------------------------------------------------------------- training
 
 
+@dataclass(frozen=True)
+class Svgd:
+    """SVGD's options: ``epsilon`` of the Dice log-likelihood, and whether particles repel."""
+
+    epsilon: float = 1e-3
+    repulsion: bool = True
+
+
 @dataclass
 class SvgdResult:
     """What :func:`fit_svgd` did; ``history`` holds at every validation ``step``, the mean
@@ -189,6 +210,174 @@ class SvgdResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+@torch.inference_mode()
+def stacked_probabilities(
+    net: Stack, images: torch.Tensor, runtime: Runtime, batch: int = 16
+) -> torch.Tensor:
+    """Every member's deterministic probabilities ``[M, N, C, *S]`` (float32, CPU) of
+    ``images`` ``[N, 1, *S]``, all members in one pass per ``batch // M`` images."""
+    net.eval()
+    step, parts = max(1, batch // net.members), []
+    for i in range(0, len(images), step):
+        x = images[i : i + step]
+        x = runtime.tensor(x.repeat(1, net.members, *[1] * (x.ndim - 2)))
+        with runtime.autocast():
+            logits = net(x).float().unflatten(1, (net.members, -1)).movedim(1, 0)
+        parts.append(probabilities(logits.flatten(0, 1)).unflatten(0, (net.members, -1)).cpu())
+    return torch.cat(parts, 1)
+
+
+def fit_members(
+    models: Sequence[nn.Module],
+    train: Labelled,
+    val: Labelled,
+    cfg: TrainConfig,
+    runtime: Runtime,
+    generators: Sequence[torch.Generator],
+    svgd: Svgd | None = None,
+    progress: bool = False,
+) -> tuple[list[FitResult], list[dict[str, float]]]:
+    """Train the ``M`` members ``models`` in place as one :class:`~activeseg.stacked.Stack`
+    (grouped U-Net, or the members in turn for other networks) and load their best weights.
+
+    Ensemble (``svgd`` ``None``): member ``m`` trains exactly as :func:`activeseg.train.fit`
+    with ``generators[m]`` would (its batches, augmentation and dropout masks, its Adam state
+    and best validation Dice, its ``cfg.patience``); the stacked arithmetic only sums in
+    another order. SVGD: ``generators[0]`` draws the batches that all particles share,
+    particle ``m``'s dropout masks come from a generator seeded by one draw of it and ``m``;
+    the gradients of the Dice log-likelihoods become the SVGD directions
+    (:func:`svgd_direction` on the stacked parameters) and the committee's Dice on ``val``
+    chooses the weights kept. Returns each member's :class:`~activeseg.train.FitResult`
+    (SVGD: the committee's best) and the SVGD history (see :class:`SvgdResult`).
+    """
+    if len(train.images) == 0:
+        raise UserError("no labelled patches to train on")
+    start, m_count = time.perf_counter(), len(models)
+    if len(generators) != (1 if svgd else m_count):
+        raise ValueError(f"{len(generators)} generators for {m_count} members")
+    for model in models:
+        runtime.place(model)
+    net = stack(models)
+    runtime.place(net)
+    streams = [training_batches(train, cfg, runtime, g) for g in generators]
+    if svgd is None:
+        seed_members(net, generators)
+    else:
+        g = generators[0]
+        base = int(torch.randint(2**62, (1,), generator=g, device=g.device))
+        seed_members(net, [runtime.generator(derive_seed(base, m)) for m in range(m_count)])
+    optimizer, schedule = make_optimizer(
+        net.parameters(), cfg, ADAM_EPS / m_count if svgd else ADAM_EPS
+    )  # SVGD: Adam on φ = ∇ log p / M behaves as Adam on ∇ log p
+    total = cfg.steps
+    track = _Tracker(models, net, cfg, committee=svgd is not None)
+    history: list[dict[str, float]] = []
+    losses: tuple[nn.Module, nn.Module] | None = None
+    bar = tqdm(total=total, desc="committee", leave=False, disable=not progress, unit="step")
+    for step in range(1, total + 1):
+        net.train()
+        batches = [next(s) for s in streams] * (m_count if svgd else 1)
+        x = torch.cat([b[0] for b in batches], 1)
+        with runtime.autocast():
+            logits = net(x.contiguous(memory_format=runtime.memory_format_for(x.ndim)))
+        per_member = logits.float().unflatten(1, (m_count, -1))
+        if losses is None:
+            losses = make_loss("dice" if svgd else cfg.loss, cfg.fg_weight, per_member.shape[2])
+        loss_fn = losses[0 if step <= total // 2 else 1]
+        member_loss = torch.stack([loss_fn(per_member[:, m], b[1]) for m, b in enumerate(batches)])
+        check_finite(member_loss.sum(), step, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        if svgd is None:
+            member_loss.sum().backward()
+        else:
+            torch.log(member_loss + svgd.epsilon).neg().sum().backward()
+            direction = svgd_direction(
+                member_coordinates(net), member_coordinates(net, grads=True), svgd.repulsion
+            )
+            set_member_gradients(net, -direction.phi)
+        optimizer.step()
+        schedule.step()
+        track.losses = member_loss.detach().tolist()
+        mean_loss = sum(track.losses) / m_count
+        if validates(step, total, cfg):
+            dice = track.validate(step, stacked_probabilities(net, val.images, runtime), val.masks)
+            if svgd is not None:
+                history.append(
+                    {
+                        "step": step,
+                        "loss": mean_loss,
+                        "val_dice": dice,
+                        "driving": float(direction.driving.norm()),
+                        "repulsive": float(direction.repulsive.norm()),
+                        "bandwidth": direction.bandwidth,
+                    }
+                )
+            bar.set_postfix(loss=f"{mean_loss:.3f}", val_dice=f"{dice:.3f}")
+        bar.update()
+        if track.done():
+            break
+    bar.close()
+    return track.results(time.perf_counter() - start), history
+
+
+class _Tracker:
+    """The best validation Dice of each member (or of the committee) and its weights, and
+    each member's early stop (``cfg.patience``: a stopped member's result is frozen)."""
+
+    def __init__(
+        self, models: Sequence[nn.Module], net: Stack, cfg: TrainConfig, committee: bool
+    ) -> None:
+        self.models, self.net, self.cfg, self.committee = models, net, cfg, committee
+        groups = [list(models)] if committee else [[m] for m in models]
+        self.best = [BestState(group) for group in groups]
+        self.stale = [0] * len(groups)
+        self.stopped: list[int | None] = [None] * len(groups)
+        self.losses = [math.nan] * len(models)
+        self.final = list(self.losses)
+        self.step = 0
+
+    def validate(self, step: int, probs: torch.Tensor, masks: torch.Tensor) -> float:
+        """Offer the members' weights at ``step`` given their validation probabilities
+        ``[M, N, C, *S]``; the committee's Dice (or the members' mean Dice)."""
+        self.step = step
+        if self.committee:
+            dices = [summarize_classes(probability_confusion(probs.mean(0), masks))["dice"]]
+        else:
+            dices = [summarize_classes(probability_confusion(p, masks))["dice"] for p in probs]
+        for g, (best, dice) in enumerate(zip(self.best, dices, strict=True)):
+            if self.stopped[g] is not None:
+                continue
+            members = range(len(self.models)) if self.committee else [g]
+            if dice > best.dice:
+                for m in members:
+                    self.net.store_member(m, self.models[m])
+            improved = best.offer(dice, step, [self.models[m] for m in members])
+            self.stale[g] = 0 if improved else self.stale[g] + 1
+            for m in members:
+                self.final[m] = self.losses[m]
+            if self.cfg.patience and self.stale[g] >= self.cfg.patience:
+                self.stopped[g] = step
+        return float(sum(dices) / len(dices))
+
+    def done(self) -> bool:
+        return all(s is not None for s in self.stopped)
+
+    def results(self, seconds: float) -> list[FitResult]:
+        """Restore every member's best weights; one :class:`FitResult` per member."""
+        out = []
+        if self.committee:
+            self.best[0].restore(self.models)
+        for m in range(len(self.models)):
+            g = 0 if self.committee else m
+            if not self.committee:
+                self.best[g].restore([self.models[m]])
+            steps = self.stopped[g] or self.step
+            out.append(
+                FitResult(steps, self.best[g].dice, self.best[g].step, seconds, self.final[m])
+            )
+        return out
+
+
 def fit_svgd(
     models: Sequence[nn.Module],
     train: Labelled,
@@ -201,62 +390,14 @@ def fit_svgd(
     progress: bool = False,
 ) -> SvgdResult:
     """Train the particles ``models`` in place by SVGD on ``train`` for ``cfg.steps`` steps
-    (batches, augmentation and dropout as in :func:`activeseg.train.fit`, one batch shared
-    by all particles) and load the particles of the best committee Dice on ``val``.
-    ``cfg.loss`` is not used: the likelihood is the Dice log-likelihood
-    ``-log(DiceLoss + epsilon)``."""
-    start = time.perf_counter()
-    for model in models:
-        runtime.place(model)
-    eps = ADAM_EPS / len(models)  # Adam on φ = ∇ log p / M behaves as Adam on ∇ log p
-    optimizers = [make_optimizer(m.parameters(), cfg, eps) for m in models]
-    batches = training_batches(train, cfg, runtime, generator)
-    best = BestState(models)
-    history: list[dict[str, float]] = []
-    loss_value = math.nan
-    bar = tqdm(total=cfg.steps, desc="svgd", leave=False, disable=not progress, unit="step")
-    for step in range(1, cfg.steps + 1):
-        x, y = next(batches)
-        params, scores, losses = [], [], []
-        dice_loss: nn.Module | None = None
-        for model in models:  # one particle at a time bounds memory
-            model.train()
-            model.zero_grad(set_to_none=True)
-            with seeded_dropout(model, generator), runtime.autocast():
-                logits = model(x)
-            dice_loss = dice_loss or make_loss("dice", cfg.fg_weight, logits.shape[1])[0]
-            loss = dice_loss(logits.float(), y)
-            check_finite(loss, step, cfg)
-            log_likelihood = -torch.log(loss + epsilon)
-            log_likelihood.backward()
-            params.append(flat_parameters(model))
-            scores.append(flat_gradients(model))
-            losses.append(float(loss.detach()))
-        direction = svgd_direction(torch.stack(params), torch.stack(scores), repulsion)
-        for model, (optimizer, schedule), phi in zip(
-            models, optimizers, direction.phi, strict=True
-        ):
-            set_gradients(model, -phi)
-            optimizer.step()
-            schedule.step()
-        loss_value = sum(losses) / len(losses)
-        if validates(step, cfg.steps, cfg):
-            dice = committee_dice(models, *val, runtime)
-            history.append(
-                {
-                    "step": step,
-                    "loss": loss_value,
-                    "val_dice": dice,
-                    "driving": float(direction.driving.norm()),
-                    "repulsive": float(direction.repulsive.norm()),
-                    "bandwidth": direction.bandwidth,
-                }
-            )
-            best.offer(dice, step, models)
-            bar.set_postfix(loss=f"{loss_value:.3f}", val_dice=f"{dice:.3f}")
-        bar.update()
-    bar.close()
-    best.restore(models)
+    (:func:`fit_members`: one batch shared by all particles) and load the particles of the
+    best committee Dice on ``val``. ``cfg.loss`` is not used: the likelihood is the Dice
+    log-likelihood ``-log(DiceLoss + epsilon)``."""
+    results, history = fit_members(
+        models, train, val, cfg, runtime, [generator], Svgd(epsilon, repulsion), progress
+    )
+    first = results[0]
+    final = sum(r.final_loss for r in results) / len(results)
     return SvgdResult(
-        cfg.steps, best.dice, best.step, time.perf_counter() - start, loss_value, history
+        first.steps, first.best_val_dice, first.best_step, first.seconds, final, history
     )

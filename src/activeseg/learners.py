@@ -38,6 +38,7 @@ from activeseg.committee import (
     committee_dice,
     committee_statistics,
     disagreement,
+    fit_members,
     fit_svgd,
     member_probabilities,
 )
@@ -297,18 +298,12 @@ class CommitteeLearner(ModelLearner):
                 self.progress,
             )
             return {"init": "scratch", **fit_info(result), "svgd": result.history}
-        results = [
-            fit(
-                member,
-                train,
-                self.data.val,
-                cfg,
-                self.runtime,
-                self.runtime.generator(derive_seed(seed, "member", m)),
-                self.progress,
-            )
-            for m, member in enumerate(self.models)
+        generators = [
+            self.runtime.generator(derive_seed(seed, "member", m)) for m in range(c.members)
         ]
+        results, _ = fit_members(
+            self.models, train, self.data.val, cfg, self.runtime, generators, None, self.progress
+        )
         return {
             "init": "scratch",
             "val_dice": committee_dice(self.models, *self.data.val, self.runtime),

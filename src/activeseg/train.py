@@ -306,7 +306,15 @@ def class_confusion_counts(
     """Per-patch, per-foreground-class (tp, fp, tn, fn) counts ``[N, K, 4]`` of the predicted
     labels (:func:`~activeseg.model.predicted_labels`); ``masks`` ``[N, 1, *S]`` hold {0, 1}
     (K = 1, foreground = mask >= 0.5) or labels 0 .. K."""
-    probs = predict(model, images, runtime)
+    return probability_confusion(predict(model, images, runtime), masks, threshold)
+
+
+def probability_confusion(
+    probs: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5
+) -> torch.Tensor:
+    """Per-patch, per-foreground-class (tp, fp, tn, fn) counts ``[N, K, 4]`` of the labels
+    predicted from probabilities ``probs`` ``[N, C, *S]`` against ``masks`` ``[N, 1, *S]``
+    (as :func:`class_confusion_counts`)."""
     pred = predicted_labels(probs, threshold)
     target = torch.as_tensor(masks).cpu()[:, 0]
     if probs.shape[1] == 1:

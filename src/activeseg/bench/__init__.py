@@ -16,6 +16,8 @@ section (``"complete": false`` until the last one), so a run cut short keeps wha
   and the correlation of the per-patch std sums with the naive loop's.
 * **Training** (:mod:`.training`): images/s of :func:`activeseg.train.fit` vs a plain fp32
   NCHW loop with per-sample (scipy) augmentation, for both networks.
+* **Committee** (:mod:`.training`): ``members`` U-Nets of the ``cpu`` preset trained one
+  after the other vs stacked (:func:`activeseg.committee.fit_members`), in time of one.
 * **One AL iteration** (:mod:`.iteration`) of the ``cpu`` preset on the SEM data (``--sem``;
   else the phantom, sized for the preset's split): the record's seconds.
 
@@ -45,7 +47,7 @@ from activeseg.bench.mc import (
 )
 from activeseg.bench.measure import FULL, QUICK, Context, cpu_info, make_net, matmul_peak
 from activeseg.bench.report import speedups, table
-from activeseg.bench.training import bench_train, plain_augment
+from activeseg.bench.training import bench_committee, bench_train, plain_augment
 from activeseg.files import atomic_write_text
 from activeseg.presets import preset
 from activeseg.runtime import resolve
@@ -102,6 +104,12 @@ def run(
         suffix = "" if name == "cpu" else f"_{name}_net"
         result.update({f"{k}{suffix}": v for k, v in ratios.items()})
         save(result)
+    committee = bench_committee(ctx, cpu.depth, cpu.base_filters, sizes.train_steps)
+    result["committee"] = committee
+    one, (separate, stacked) = committee["one member"]["seconds"], list(committee.values())[1:]
+    result["committee_stacked_time_vs_one_member"] = stacked["seconds"] / one
+    result["committee_separate_time_vs_one_member"] = separate["seconds"] / one
+    save(result)
     iteration = bench_iteration(sem, sizes)
     log(f"  AL iteration: {iteration}")
     result["sem_iteration_seconds"] = iteration["total"]

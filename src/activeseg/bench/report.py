@@ -33,6 +33,10 @@ def speedups(
 HEADLINES = ("mc_speedup", "mc_fraction", "train_speedup", "committee_", "sem_iteration_seconds")
 
 
+def _cell(row: Row, key: str, scale: float) -> str:
+    return f"{scale * row[key]:.{0 if scale > 1 else 1}f}" if key in row else ""
+
+
 def _rows(result: dict[str, Any]) -> Iterator[tuple[str, str, Row, float, str]]:
     """(benchmark, method, row, patches or images per second, std-sum correlation) of every
     MC and training row."""
@@ -43,6 +47,8 @@ def _rows(result: dict[str, Any]) -> Iterator[tuple[str, str, Row, float, str]]:
     for net, rows in result.get("train", {}).items():
         for method, r in rows.items():
             yield f"train step, {net} net", method, r, r["images_per_s"], ""
+    for method, r in result.get("committee", {}).items():
+        yield "committee training, cpu net", method, r, r["images_per_s"], ""
 
 
 def table(result: dict[str, Any]) -> str:
@@ -64,8 +70,8 @@ def table(result: dict[str, Any]) -> str:
     for benchmark, method, r, per_s, corr in _rows(result):
         lines.append(
             f"| {benchmark} | {method} | {r['seconds']:.2f} | {per_s:.2f} | {r['peak_mb']:.0f} "
-            f"| {r['gflop_per_s']:.1f} | {100 * r['fraction_of_fp32_peak']:.0f} "
-            f"| {100 * r['fraction_of_bf16_peak']:.0f} | {corr} |"
+            f"| {_cell(r, 'gflop_per_s', 1)} | {_cell(r, 'fraction_of_fp32_peak', 100)} "
+            f"| {_cell(r, 'fraction_of_bf16_peak', 100)} | {corr} |"
         )
     lines.append("")
     split = result.get("sem_iteration_split_seconds")

@@ -10,7 +10,16 @@ import torch
 from monai.losses import DiceLoss
 from scipy import ndimage
 
-from activeseg.bench.measure import Context, Row, Sizes, count_flops, interleaved, pool_images, rate
+from activeseg.bench.measure import (
+    Context,
+    Row,
+    Sizes,
+    count_flops,
+    interleaved,
+    make_net,
+    pool_images,
+    rate,
+)
 from activeseg.config import TrainConfig
 from activeseg.model import UNet, seeded_dropout
 from activeseg.runtime import Runtime, resolve, torch_generator
@@ -111,4 +120,45 @@ def bench_train(ctx: Context, name: str, model: UNet, steps: int) -> dict[str, R
             "images_per_s": steps * batch / seconds,
         }
         ctx.log(f"  train {name}: {method}: {steps * batch / seconds:.1f} images/s")
+    return rows
+
+
+def bench_committee(ctx: Context, depth: int, filters: int, steps: int) -> dict[str, Row]:
+    """``steps`` training steps (``precision=auto``) of one member, of ``ctx.sizes.members``
+    members one after the other (:func:`~activeseg.train.fit` each) and of the same members
+    stacked (:func:`~activeseg.committee.fit_members`): seconds and images/s per member."""
+    from activeseg.committee import fit_members
+
+    sizes, runtime = ctx.sizes, resolve("cpu", "auto")
+    train = training_data(sizes)
+    val = Labelled(train.images[:1], train.masks[:1])
+    cfg = train_config(steps, sizes.train_batch)
+
+    def members(n: int) -> list[UNet]:
+        return [make_net(depth, filters, seed) for seed in range(n)]
+
+    def separate(n: int) -> None:
+        for seed, model in enumerate(members(n)):
+            fit(model, train, val, cfg, runtime, torch_generator(seed))
+
+    def stacked(n: int) -> None:
+        generators = [torch_generator(seed) for seed in range(n)]
+        fit_members(members(n), train, val, cfg, runtime, generators)
+
+    m = sizes.members
+    methods: dict[str, Callable[[int], None]] = {
+        "one member": lambda n: separate(1),
+        f"{m} members, one after the other": lambda n: separate(n),
+        f"{m} members stacked": lambda n: stacked(n),
+    }
+    timed = interleaved(methods, m, 2, sizes.repeats)
+    rows = {}
+    for method, (_, seconds, peak) in timed.items():
+        count = 1 if method == "one member" else m
+        rows[method] = {
+            "seconds": seconds,
+            "peak_mb": peak,
+            "images_per_s": count * steps * sizes.train_batch / seconds,
+        }
+        ctx.log(f"  committee: {method}: {seconds:.2f} s")
     return rows
