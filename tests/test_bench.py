@@ -35,7 +35,9 @@ def test_quick_bench_prints_a_table_and_writes_every_required_key(
             assert result[key] is None
         else:
             assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0
-    assert set(result["sem_iteration_split_seconds"]) == {"train", "eval", "score", "total"}
+    split = result["sem_iteration_split_seconds"]
+    assert set(split) == {"train", "eval", "score", "test_metrics", "test_mc", "total"}
+    assert split["total"] == pytest.approx(split["train"] + split["eval"] + split["score"])
     assert result["matmul_peak_gflop_per_s"]["fp32"] > 0
     methods = set(result["mc"]["cpu"])
     assert {"naive fp32 loop", "activeseg fp32"} <= methods

@@ -77,6 +77,17 @@ def test_records_hold_one_line_per_iteration_with_the_expected_fields(
         assert [r["n_labelled"] for r in rows] == [2, 3, 4]
 
 
+def test_the_seconds_show_what_the_test_evaluation_costs(finished_run: Path) -> None:
+    """The evaluation's two parts, the test metrics and the test-set MC statistics, are
+    timed inside ``eval`` (issue 17.4)."""
+    for path in finished_run.glob("records-*.jsonl"):
+        for r in read_records(path):
+            s = r["seconds"]
+            assert set(s) == {"train", "eval", "score", "test_metrics", "test_mc"}
+            assert s["test_metrics"] > 0 and s["test_mc"] > 0
+            assert s["test_metrics"] + s["test_mc"] <= s["eval"]
+
+
 def test_labelled_patches_come_from_initial_and_pool_only(finished_run: Path) -> None:
     split = json.loads((finished_run / "split.json").read_text())
     held_out = set(split["val"]) | set(split["test"])

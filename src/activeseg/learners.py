@@ -25,6 +25,7 @@ plus what the caller adds (a simulation's ``iteration`` and ``warm_from``, a pro
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -232,11 +233,16 @@ class ModelLearner:
         return class_confusion_counts(self.model, images, masks, self.runtime, threshold), {}
 
     def evaluate(self) -> dict[str, Any]:
-        """Test metrics of the current model (record fields ``test_*``)."""
+        """Test metrics of the current model (record fields ``test_*``) and
+        ``eval_seconds``: the seconds of the ``test_metrics`` (batched predictions and
+        confusion counts) and of the ``test_mc`` statistics (0 without
+        ``scoring.test_uncertainty``), which the loop adds to the record's ``seconds``."""
+        start = time.perf_counter()
         counts, extra = self.test_counts()
         out: dict[str, Any] = {f"test_{k}": v for k, v in summarize_classes(counts).items()}
         out |= extra
         out["test_dice_per_patch"] = per_item_dice(counts)
+        middle = time.perf_counter()
         if self.config.scoring.test_uncertainty:
             images, masks = self._test()
             stats = self.mc(images, list(range(len(images))), derive_seed(self._seed, "test_mc"))
@@ -244,6 +250,8 @@ class ModelLearner:
                 stats.mean, stats.std, masks, self.config.scoring.threshold
             )
             out.update({f"test_{k}": v for k, v in quality.items()})
+        end = time.perf_counter()
+        out["eval_seconds"] = {"test_metrics": middle - start, "test_mc": end - middle}
         return out
 
     # ---- checkpoints -------------------------------------------------------------------

@@ -43,7 +43,8 @@ class Learner(Protocol):
         ...
 
     def evaluate(self) -> dict[str, Any]:
-        """Test metrics of the current model."""
+        """Test metrics of the current model; an ``eval_seconds`` dict among them (seconds of
+        parts of the evaluation) goes into the record's ``seconds``."""
         ...
 
     def statistics(self, ids: np.ndarray, seed: int) -> McStats:
@@ -194,6 +195,7 @@ def run(
         train_info = learner.fit(labelled, oracle.reveal(labelled), derive_seed(seed, i, "train"))
         t1 = time.perf_counter()
         metrics = learner.evaluate()
+        eval_parts = metrics.pop("eval_seconds", {})
         t2 = time.perf_counter()
         pool = np.asarray(state.pool, dtype=np.int64)
         scores: np.ndarray | None = None
@@ -220,7 +222,7 @@ def run(
             "pool_size": len(pool),
             **metrics,
             **train_info,
-            "seconds": {"train": t1 - t0, "eval": t2 - t1, "score": t3 - t2},
+            "seconds": {"train": t1 - t0, "eval": t2 - t1, "score": t3 - t2, **eval_parts},
         }
         on_iteration(Iteration(record, pool, scores))
         if selected:

@@ -13,7 +13,8 @@ from activeseg.presets import preset
 
 
 def bench_iteration(sem: str | None, sizes: Sizes) -> dict[str, float]:
-    """Seconds of iteration 0 (each part of the record's ``seconds``, and their total) of the
+    """Seconds of iteration 0 (the record's ``seconds``: train, eval and its parts, score; and
+    the total of train, eval and score) of the
     ``cpu`` preset with ``std_edt``, on the SEM folder ``sem`` or else the phantom (sized
     for the preset's split by :func:`activeseg.data.synthetic.phantom_layout`)."""
     from activeseg.simulation import simulate
@@ -31,4 +32,4 @@ def bench_iteration(sem: str | None, sizes: Sizes) -> dict[str, float]:
         out = simulate(config, Path(tmp) / "run", progress=False, log=lambda line: None)
         record = read_records(out / "records-std_edt-rep0.jsonl")[0]
     seconds = {k: float(v) for k, v in record["seconds"].items()}
-    return {**seconds, "total": sum(seconds.values())}
+    return {**seconds, "total": seconds["train"] + seconds["eval"] + seconds["score"]}
