@@ -207,3 +207,16 @@ def test_find_images_names_ome_files_by_their_stem_with_their_pixel_size(tmp_pat
     found = find_images(tmp_path)
     assert [(f.name, f.pixel_size) for f in found] == [("im0", pytest.approx(0.15)), ("im1", None)]
     assert [f.pixel_size for f in find_images(tmp_path, pixel_size=0.5)] == [0.5, 0.5]
+
+
+def test_a_single_file_of_a_bids_dataset_takes_its_sidecars_pixel_size(tmp_path: Path) -> None:
+    from activeseg.data.sources import image_file
+
+    micr = tmp_path / "sub-a" / "micr"
+    micr.mkdir(parents=True)
+    Image.fromarray(RAMP.astype(np.uint8)).save(micr / "sub-a_sample-1_SEM.png")
+    (tmp_path / "derivatives").mkdir()
+    assert image_file(micr / "sub-a_sample-1_SEM.png").pixel_size is None
+    (micr / "sub-a_SEM.json").write_text(json.dumps({"PixelSize": [0.13, 0.13]}))  # subject
+    assert image_file(micr / "sub-a_sample-1_SEM.png").pixel_size == pytest.approx(0.13)
+    assert image_file(micr / "sub-a_sample-1_SEM.png", 0.5).pixel_size == 0.5  # a flag wins

@@ -266,9 +266,23 @@ def is_bids(root: Path) -> bool:
 
 
 def image_file(path: Path, pixel_size: float | None = None) -> ImageFile:
-    """The :class:`ImageFile` of ``path``: of pixel size ``pixel_size``, else that of the
-    file's metadata, else unknown."""
-    return ImageFile(image_stem(path), path, pixel_size or file_pixel_size(path))
+    """The :class:`ImageFile` of ``path``: of pixel size ``pixel_size``, else that of its
+    BIDS sidecars (a file inside a BIDS dataset's ``sub-*`` folder), else that of the file's
+    metadata, else unknown."""
+    size = pixel_size or _sidecar_pixel_size(Path(path)) or file_pixel_size(path)
+    return ImageFile(image_stem(path), path, size)
+
+
+def _sidecar_pixel_size(path: Path) -> float | None:
+    """The pixel size of a file inside a BIDS dataset from its sidecars (``None`` if it is
+    not in one, or they give none)."""
+    subject = next((p for p in path.absolute().parents if p.name.startswith("sub-")), None)
+    if subject is None or not is_bids(subject.parent):
+        return None
+    try:
+        return _bids_pixel_size(subject.parent, path.absolute(), image_stem(path).split("_")[-1])
+    except UserError:
+        return None
 
 
 def _is_bids(root: Path, pixel_size: float | None) -> bool:
