@@ -1,7 +1,8 @@
-"""Pixel sizes stored in image files: OME-TIFF, ImageJ TIFF and TIFF resolution tags.
+"""Where pixel sizes come from besides a flag: BIDS JSON sidecars (:func:`bids_pixel_size`)
+and the image files themselves (:func:`file_pixel_size`).
 
-Used only when neither a flag (``--pixel-size``) nor a BIDS sidecar gives the pixel size.
-In order of trust:
+The files' own metadata are used only when neither a flag (``--pixel-size``) nor a BIDS
+sidecar gives the pixel size. In order of trust:
 
 1. OME-XML ``Pixels`` ``PhysicalSizeX`` / ``PhysicalSizeY`` with their units
    (``PhysicalSizeXUnit``, default µm), as microscope software and ``tifffile`` write them;
@@ -16,6 +17,7 @@ Pixel sizes are isotropic µm per pixel; x and y that differ are refused, as for
 
 from __future__ import annotations
 
+import json
 import math
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any
 
 import tifffile
 
+from activeseg.data.images import image_stem
 from activeseg.errors import UserError
 
 UNITS_UM = {
@@ -135,3 +138,91 @@ def _tag_sizes(page: Any) -> tuple[float, float] | None:
     ):
         return None
     return scale / resolution[0], scale / resolution[1]
+
+
+# ----------------------------------------------------------------------------- BIDS sidecars
+
+SIDECAR_UNITS_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "nm": 1e-3, "mm": 1e3}
+"""``PixelSizeUnits`` of BIDS microscopy sidecars in µm."""
+
+
+def bids_sidecars(root: Path, image_path: Path, modality: str) -> list[Path]:
+    """JSON sidecars applying to ``image_path``, most general first (BIDS inheritance).
+
+    A sidecar applies when it lies in the image's folder or a parent up to ``root``, has
+    the suffix ``modality`` and its entities (``sub-x``, ``sample-y``, …) are a subset of
+    the image's. Within a folder, fewer entities = more general.
+    """
+    image_entities = set(image_stem(image_path).split("_")[:-1])
+    folders = [image_path.parent, *image_path.parent.parents]
+    folders = folders[: folders.index(root) + 1][::-1]
+    found = []
+    for depth, folder in enumerate(folders):
+        for sidecar in folder.glob(f"*{modality}.json"):
+            *entities, suffix = sidecar.stem.split("_")
+            if suffix == modality and set(entities) <= image_entities:
+                found.append((depth, len(entities), sidecar))
+    return [sidecar for *_, sidecar in sorted(found)]
+
+
+def bids_pixel_size(root: Path, image_path: Path, modality: str) -> float:
+    """Isotropic pixel size in µm from the merged sidecars of ``image_path``, else from the
+    file's own metadata."""
+    sidecars = bids_sidecars(root, image_path, modality)
+    merged: dict[str, object] = {}
+    origin: dict[str, Path] = {}
+    for sidecar in sidecars:
+        meta = _read_json(sidecar)
+        merged.update(meta)
+        origin.update(dict.fromkeys(meta, sidecar))
+    if "PixelSize" not in merged and (size := file_pixel_size(image_path)) is not None:
+        return size
+    if "PixelSize" not in merged:
+        looked = ", ".join(str(p) for p in sidecars) or f"no {modality} sidecar found"
+        raise UserError(
+            f"no PixelSize for {image_path} (sidecars: {looked}); add "
+            '"PixelSize": [x, y] and "PixelSizeUnits": "um" to its JSON sidecar.'
+        )
+    where = origin["PixelSize"]
+    values = merged["PixelSize"]
+    values = values if isinstance(values, list) else [values]
+    if not 1 <= len(values) <= 3:
+        raise UserError(f'{where}: "PixelSize" must be a list [x, y], got {values!r}')
+    sizes = [checked_pixel_size(v, f'"PixelSize" in {where}') for v in values[:2]]
+    if not math.isclose(min(sizes), max(sizes), rel_tol=1e-6):
+        raise UserError(
+            f'{where}: anisotropic "PixelSize" {values!r}; activeseg needs square pixels '
+            "(x = y): resample the image to square pixels and update the sidecar."
+        )
+    units = merged.get("PixelSizeUnits", "um")
+    if units not in SIDECAR_UNITS_UM:
+        raise UserError(
+            f'{origin.get("PixelSizeUnits", where)}: unknown "PixelSizeUnits" {units!r}; '
+            f"use one of {_unit_names()}."
+        )
+    return sizes[0] * SIDECAR_UNITS_UM[str(units)]
+
+
+def _read_json(path: Path) -> dict[str, object]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read JSON sidecar {path}: {exc}; fix its syntax.") from exc
+    if not isinstance(data, dict):
+        raise UserError(
+            f"JSON sidecar {path} must hold an object {{...}}, not {type(data).__name__}"
+        )
+    return data
+
+
+def checked_pixel_size(value: object, where: str) -> float:
+    """``value`` as a positive finite float, else a UserError naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{where}: pixel size must be a positive number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"{where}: pixel size must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _unit_names() -> str:
+    return ", ".join(SIDECAR_UNITS_UM)

@@ -6,8 +6,6 @@ A mask is binary (1 = foreground, e.g. myelin), or with ``labels`` (e.g. ``("axo
 
 from __future__ import annotations
 
-import json
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from activeseg.data.images import IMAGE_SUFFIXES, image_stem, read_image, read_mask, split_name
-from activeseg.data.metadata import file_pixel_size
+from activeseg.data.metadata import bids_pixel_size, checked_pixel_size, file_pixel_size
 from activeseg.errors import UserError
 
 
@@ -48,7 +46,6 @@ BIDS_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".ome.tif", ".ome.tiff")
 MASK_SUFFIXES = ("_seg-myelin-manual", "_seg-myelin", "_mask")
 """Stem suffixes a mask in a folder source may carry beyond its image's stem."""
 
-_UNIT_TO_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "nm": 1e-3, "mm": 1e3}
 _LAYOUTS = (
     "'synthetic'; a BIDS microscopy folder (sub-*/micr/*_<MODALITY>.png with labels in "
     "derivatives/labels/); or a folder with images/ and masks/ subfolders"
@@ -147,7 +144,7 @@ def load_bids(
                 name=stem.removesuffix(f"_{modality}"),
                 image_path=image_path,
                 mask_path=[path for path in found if path is not None],
-                pixel_size=_bids_pixel_size(root, image_path, modality),
+                pixel_size=bids_pixel_size(root, image_path, modality),
                 channel=channel,
             )
         )
@@ -192,7 +189,7 @@ def load_folder(
         if not folder.is_dir():
             raise UserError(f"folder {folder} not found: a folder source needs images/ and masks/.")
     if pixel_size is not None:
-        pixel_size = _checked_pixel_size(pixel_size, "pixel_size")
+        pixel_size = checked_pixel_size(pixel_size, "pixel_size")
     images = {image_stem(path): path for path in _image_files(image_dir)}
     if not images:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
@@ -245,12 +242,12 @@ def find_images(
         raise UserError(f"image folder {spec} not found; give a BIDS dataset or a folder of images")
     if _is_bids(root, pixel_size):
         found = [
-            ImageFile(image_stem(p), p, _bids_pixel_size(root, p, modality))
+            ImageFile(image_stem(p), p, bids_pixel_size(root, p, modality))
             for p in _bids_images(root, modality)
         ]
     else:
         folder = root / "images" if (root / "images").is_dir() else root
-        size = None if pixel_size is None else _checked_pixel_size(pixel_size, "pixel size")
+        size = None if pixel_size is None else checked_pixel_size(pixel_size, "pixel size")
         found = [image_file(p, size) for p in _image_files(folder)]
         if not found:
             raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
@@ -280,7 +277,7 @@ def _sidecar_pixel_size(path: Path) -> float | None:
     if subject is None or not is_bids(subject.parent):
         return None
     try:
-        return _bids_pixel_size(subject.parent, path.absolute(), image_stem(path).split("_")[-1])
+        return bids_pixel_size(subject.parent, path.absolute(), image_stem(path).split("_")[-1])
     except UserError:
         return None
 
@@ -436,85 +433,3 @@ def _find_label(root: Path, image_path: Path, label_stem: str) -> Path | None:
         ),
         None,
     )
-
-
-def _bids_sidecars(root: Path, image_path: Path, modality: str) -> list[Path]:
-    """JSON sidecars applying to ``image_path``, most general first (BIDS inheritance).
-
-    A sidecar applies when it lies in the image's folder or a parent up to ``root``, has
-    the suffix ``modality`` and its entities (``sub-x``, ``sample-y``, …) are a subset of
-    the image's. Within a folder, fewer entities = more general.
-    """
-    image_entities = set(image_stem(image_path).split("_")[:-1])
-    folders = [image_path.parent, *image_path.parent.parents]
-    folders = folders[: folders.index(root) + 1][::-1]
-    found = []
-    for depth, folder in enumerate(folders):
-        for sidecar in folder.glob(f"*{modality}.json"):
-            *entities, suffix = sidecar.stem.split("_")
-            if suffix == modality and set(entities) <= image_entities:
-                found.append((depth, len(entities), sidecar))
-    return [sidecar for *_, sidecar in sorted(found)]
-
-
-def _bids_pixel_size(root: Path, image_path: Path, modality: str) -> float:
-    """Isotropic pixel size in µm from the merged sidecars of ``image_path``, else from the
-    file's own metadata."""
-    sidecars = _bids_sidecars(root, image_path, modality)
-    merged: dict[str, object] = {}
-    origin: dict[str, Path] = {}
-    for sidecar in sidecars:
-        meta = _read_json(sidecar)
-        merged.update(meta)
-        origin.update(dict.fromkeys(meta, sidecar))
-    if "PixelSize" not in merged and (size := file_pixel_size(image_path)) is not None:
-        return size
-    if "PixelSize" not in merged:
-        looked = ", ".join(str(p) for p in sidecars) or f"no {modality} sidecar found"
-        raise UserError(
-            f"no PixelSize for {image_path} (sidecars: {looked}); add "
-            '"PixelSize": [x, y] and "PixelSizeUnits": "um" to its JSON sidecar.'
-        )
-    where = origin["PixelSize"]
-    values = merged["PixelSize"]
-    values = values if isinstance(values, list) else [values]
-    if not 1 <= len(values) <= 3:
-        raise UserError(f'{where}: "PixelSize" must be a list [x, y], got {values!r}')
-    sizes = [_checked_pixel_size(v, f'"PixelSize" in {where}') for v in values[:2]]
-    if not math.isclose(min(sizes), max(sizes), rel_tol=1e-6):
-        raise UserError(
-            f'{where}: anisotropic "PixelSize" {values!r}; activeseg needs square pixels '
-            "(x = y): resample the image to square pixels and update the sidecar."
-        )
-    units = merged.get("PixelSizeUnits", "um")
-    if units not in _UNIT_TO_UM:
-        raise UserError(
-            f'{origin.get("PixelSizeUnits", where)}: unknown "PixelSizeUnits" {units!r}; '
-            f"use one of {_unit_names()}."
-        )
-    return sizes[0] * _UNIT_TO_UM[str(units)]
-
-
-def _read_json(path: Path) -> dict[str, object]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read JSON sidecar {path}: {exc}; fix its syntax.") from exc
-    if not isinstance(data, dict):
-        raise UserError(
-            f"JSON sidecar {path} must hold an object {{...}}, not {type(data).__name__}"
-        )
-    return data
-
-
-def _checked_pixel_size(value: object, where: str) -> float:
-    """``value`` as a positive finite float, else a UserError naming ``where``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{where}: pixel size must be a positive number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise UserError(f"{where}: pixel size must be a positive number, got {value!r}")
-    return float(value)
-
-
-def _unit_names() -> str:
-    return ", ".join(_UNIT_TO_UM)
