@@ -17,6 +17,7 @@ from activeseg.model import (
     UNet,
     dropout_modules,
     fast_keep_mask,
+    inference,
     mc_dropout,
     probabilities,
     seeded_dropout,
@@ -275,3 +276,25 @@ def test_batchnorm_layout_switch_changes_neither_values_nor_gradients_nor_layout
         assert y.is_contiguous(memory_format=fmt)
     for a, b in zip(*outs, strict=True):  # float32 sums in another order: 1e-4, not 1e-5
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_fused_inference_computes_what_the_layers_compute(bf16: bool) -> None:
+    """MC inference fuses each convolution with its ReLU (one oneDNN call on the CPU): the
+    same numbers as the layers, in fp32 and under bf16 autocast (where the cast weights are
+    reused until the weights change)."""
+    net = UNet(1, 1, depth=3, base_filters=8).eval().to(memory_format=torch.channels_last)
+    block = net.dec[-1]
+    x = torch.randn(3, 16, 16, 16).contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    with torch.inference_mode(), autocast:
+        expected, fused = block(x), inference(block, x)
+    assert fused.dtype == expected.dtype
+    tolerance = {"atol": 1e-2, "rtol": 1e-2} if bf16 else {"atol": 1e-6, "rtol": 1e-5}
+    torch.testing.assert_close(fused, expected, **tolerance)
+    with torch.no_grad():
+        block[0].weight.mul_(2.0)  # a new weight version: the bf16 copy is made again
+    with torch.inference_mode(), autocast:
+        torch.testing.assert_close(inference(block, x), block(x), **tolerance)
+    with autocast:  # with autograd on, the plain layers (differentiable) run
+        assert inference(block, x.requires_grad_()).requires_grad
