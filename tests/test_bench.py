@@ -48,6 +48,9 @@ def test_quick_bench_prints_a_table_and_writes_every_required_key(
         "2 members stacked",
     }
     assert result["committee_stacked_time_vs_one_member"] > 0
+    ranking = result["mc_ranking_cpu_net"]
+    assert -1 <= ranking["spearman_activeseg_vs_plain"] <= 1
+    assert -1 <= ranking["spearman_noise_floor_plain_vs_plain"] <= 1
     rows = result["mc"]["cpu"]
     assert rows["naive fp32 loop"]["std_sum_correlation_with_naive"] == pytest.approx(1.0)
     assert all(-1 <= r["std_sum_correlation_with_naive"] <= 1 for r in rows.values())

@@ -13,7 +13,9 @@ section (``"complete": false`` until the last one), so a run cut short keeps wha
   median of the timings per method, taken round-robin over the methods), patches/s, peak
   resident memory above the start, executed GFLOP/s (FLOPs counted by
   :class:`torch.utils.flop_counter.FlopCounterMode` on one patch) as a fraction of both peaks,
-  and the correlation of the per-patch std sums with the naive loop's.
+  and the correlation of the per-patch std sums with the naive loop's. On a trained network
+  (the paper's), the Spearman correlation of activeseg's per-patch std sums with a plain
+  fp32 loop's, next to the noise floor of two more plain loops.
 * **Training** (:mod:`.training`): images/s of :func:`activeseg.train.fit` vs a plain fp32
   NCHW loop with per-sample (scipy) augmentation, for both networks.
 * **Committee** (:mod:`.training`): ``members`` U-Nets of the ``cpu`` preset trained one
@@ -43,7 +45,9 @@ from activeseg.bench.mc import (
     have_baal,
     mc_memory_vs_samples,
     naive_mc,
+    ranking_agreement,
     torch_dropout_copy,
+    trained_net,
 )
 from activeseg.bench.measure import FULL, QUICK, Context, cpu_info, make_net, matmul_peak
 from activeseg.bench.report import speedups, table
@@ -96,6 +100,12 @@ def run(
         pool = sizes.pool if name == "cpu" else sizes.paper_pool
         result["mc"][name] = bench_mc(ctx, name, net, pool, native or name == "cpu")
         save(result)
+    name = "paper" if "paper" in nets else "cpu"
+    spec = preset("paper-sbem" if name == "paper" else "cpu").model
+    trained = trained_net(spec.depth, spec.base_filters, sizes)
+    result[f"mc_ranking_{name}_net"] = ranking_agreement(trained, sizes, max(sizes.pool, 6))
+    log(f"  MC ranking, trained {name} net: {result[f'mc_ranking_{name}_net']}")
+    save(result)
     result["mc_activeseg_peak_mb_by_samples"] = mc_memory_vs_samples(nets["cpu"], sizes)
     for name, net in nets.items():
         steps = sizes.train_steps // (1 if name == "cpu" else 4)

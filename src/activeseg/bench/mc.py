@@ -15,12 +15,15 @@ from activeseg.bench.measure import (
     Sizes,
     count_flops,
     interleaved,
+    make_net,
     measure,
     pool_images,
     rate,
 )
+from activeseg.data.patches import tile
+from activeseg.data.phantom import make_phantom
 from activeseg.model import MCDropout, UNet, probabilities
-from activeseg.runtime import Runtime, resolve
+from activeseg.runtime import Runtime, resolve, torch_generator
 from activeseg.scoring import mc_statistics
 
 Stats = tuple[torch.Tensor, torch.Tensor]  # mean, std [N, 1, H, W]
@@ -147,3 +150,57 @@ def mc_memory_vs_samples(model: UNet, sizes: Sizes) -> dict[str, float]:
         )
         out[f"T={t}"] = peak
     return out
+
+
+def trained_net(depth: int, filters: int, sizes: Sizes, steps: int = 40) -> UNet:
+    """A U-Net trained ``steps`` steps (``precision=auto``, batch ``sizes.train_batch``) on
+    phantom patches and their myelin masks: MC rankings of an untrained network are noise."""
+    from activeseg.bench.training import train_config
+    from activeseg.train import Labelled, fit
+
+    samples = make_phantom(n_images=4, size=256, seed=1)
+    patches = tile(samples, sizes.patch)
+    images = torch.from_numpy(patches.images).float()
+    data = Labelled(
+        (images - images.mean()) / images.std(), torch.from_numpy(patches.masks).float()
+    )
+    model = make_net(depth, filters)
+    val = Labelled(data.images[:2], data.masks[:2])
+    fit(
+        model,
+        data,
+        val,
+        train_config(steps, sizes.train_batch),
+        resolve("cpu", "auto"),
+        torch_generator(0),
+    )
+    return model.eval()
+
+
+def ranking_agreement(model: UNet, sizes: Sizes, pool: int) -> dict[str, float]:
+    """Spearman correlation of the per-patch std sums of ``pool`` phantom patches (T =
+    ``sizes.samples``): activeseg at ``precision=auto`` against a plain fp32 loop (seed 1),
+    and the noise floor, the lowest of two other plain loops (seeds 2, 3) against it;
+    ``within_noise_floor``: activeseg >= floor - 0.02 (the test suite's rule)."""
+    from scipy.stats import spearmanr
+
+    images = pool_images(pool, sizes.patch)
+    t = sizes.samples
+
+    def sums(std: torch.Tensor) -> torch.Tensor:
+        return std.double().flatten(1).sum(1)
+
+    plain = [sums(naive_mc(model, images, t, seed)[1]) for seed in (1, 2, 3)]
+    engine = sums(activeseg_mc(model, images, t, sizes.mc_batch, resolve("cpu", "auto"))[1])
+
+    def rho(a: torch.Tensor) -> float:
+        return float(spearmanr(a.numpy(), plain[0].numpy()).statistic)
+
+    floor = min(rho(other) for other in plain[1:])
+    engine_rho = rho(engine)
+    return {
+        "patches": float(pool),
+        "spearman_activeseg_vs_plain": engine_rho,
+        "spearman_noise_floor_plain_vs_plain": floor,
+        "within_noise_floor": float(engine_rho >= floor - 0.02),
+    }

@@ -78,6 +78,9 @@ def table(result: dict[str, Any]) -> str:
     if split:
         parts = ", ".join(f"{k} {v:.1f} s" for k, v in split.items())
         lines.append(f"one AL iteration, cpu preset ({result['sem_data']}): {parts}")
+    for key, value in result.items():
+        if key.startswith("mc_ranking_"):
+            lines.append(f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in value.items()))
     if "mc_activeseg_peak_mb_by_samples" in result:
         lines.append(f"activeseg MC peak memory by T: {result['mc_activeseg_peak_mb_by_samples']}")
     lines.append("")
