@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import Phantom, Trained, make_unet
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from activeseg.model import (
     BatchNorm2d,
@@ -17,6 +18,7 @@ from activeseg.model import (
     UNet,
     dropout_modules,
     fast_keep_mask,
+    fusion,
     inference,
     mc_dropout,
     probabilities,
@@ -298,3 +300,10 @@ def test_fused_inference_computes_what_the_layers_compute(bf16: bool) -> None:
         torch.testing.assert_close(inference(block, x), block(x), **tolerance)
     with autocast:  # with autograd on, the plain layers (differentiable) run
         assert inference(block, x.requires_grad_()).requires_grad
+    x = x.detach()
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), autocast:
+        with fusion(False):  # the counter sees only torch's own convolutions
+            inference(block, x)
+        unfused = counter.get_total_flops()
+        inference(block, x)
+    assert unfused > 0 and counter.get_total_flops() == unfused  # the fused op: not counted

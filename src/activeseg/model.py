@@ -331,10 +331,25 @@ def inference(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+_FUSION = {"on": True}
+
+
+@contextmanager
+def fusion(enabled: bool) -> Iterator[None]:
+    """Switch :func:`inference`'s fused convolution + ReLU on or off inside the block (off:
+    e.g. to count FLOPs with torch's ``FlopCounterMode``, which does not see the fused op)."""
+    before = _FUSION["on"]
+    _FUSION["on"] = enabled
+    try:
+        yield
+    finally:
+        _FUSION["on"] = before
+
+
 def _fusable(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether :func:`_conv_relu` runs here: a CPU with oneDNN, 2D, no autograd, and for
     bf16 a CPU with native bf16 (AVX512-BF16 or AMX; as :func:`activeseg.runtime.resolve`)."""
-    if x.device.type != "cpu" or x.ndim != 4 or torch.is_grad_enabled():
+    if not _FUSION["on"] or x.device.type != "cpu" or x.ndim != 4 or torch.is_grad_enabled():
         return False
     if conv.padding_mode != "zeros" or not isinstance(conv.padding, tuple):
         return False

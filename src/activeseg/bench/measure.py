@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from activeseg.config import ScoringConfig
 from activeseg.data.patches import tile
 from activeseg.data.phantom import make_phantom
-from activeseg.model import UNet
+from activeseg.model import UNet, fusion
 from activeseg.runtime import torch_generator
 
 
@@ -139,8 +139,9 @@ def rate(seconds: float, peak_mb: float, flops: float, peaks: dict[str, float]) 
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of the matmuls and convolutions ``fn`` executes."""
-    with FlopCounterMode(display=False) as counter:
+    """FLOPs of the matmuls and convolutions ``fn`` executes (with the fused convolutions of
+    :func:`activeseg.model.inference` unfused: the counter does not see oneDNN's op)."""
+    with FlopCounterMode(display=False) as counter, fusion(False):
         fn()
     return int(counter.get_total_flops())
 
