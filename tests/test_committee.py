@@ -28,10 +28,10 @@ from activeseg.committee import (
     svgd_direction,
 )
 from activeseg.config import TrainConfig
-from activeseg.model import patch_dropout
+from activeseg.model import patch_dropout, seeded_dropout, seeded_unet
 from activeseg.runtime import Runtime, torch_generator
 from activeseg.scoring import entropy
-from activeseg.stacked import MemberLoop, StackedUNet, stack
+from activeseg.stacked import MemberLoop, StackedUNet, seed_members, stack
 from activeseg.train import FitResult, Labelled, fit, predict
 
 T = TypeVar("T")
@@ -345,3 +345,21 @@ def test_any_network_trains_stacked_as_a_loop_over_its_members(
     for single, member, r_alone, r_joint in zip(alone, joint, separate, stacked, strict=True):
         assert r_joint.best_step == r_alone.best_step
         torch.testing.assert_close(flat_parameters(member), flat_parameters(single))
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_a_stacked_3d_multiclass_unet_computes_each_members_logits(train_mode: bool) -> None:
+    """Channel-agnostic and dimension-agnostic: three-class 3D members stacked give each
+    member's logits, in training mode with each member's own dropout masks."""
+    members = [seeded_unet(s, 3, 4, 0.2, out_channels=3, spatial_dims=3) for s in range(2)]
+    net = stack(members)
+    assert isinstance(net, StackedUNet)
+    net.train(train_mode)
+    x = torch.randn(2, 2, 16, 16, 16)
+    seed_members(net, [torch_generator(s) for s in range(2)])
+    outputs = []
+    for s, member in enumerate(members):
+        member.train(train_mode)
+        with seeded_dropout(member, torch_generator(s)):
+            outputs.append(member(x[:, s : s + 1]))
+    torch.testing.assert_close(net(x), torch.cat(outputs, 1), atol=1e-5, rtol=1e-4)
