@@ -65,12 +65,16 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     status = sub.add_parser("status", help="annotated regions, validation Dice, next gain")
     status.add_argument("project", type=Path, metavar="PROJECT")
 
-    pred = sub.add_parser("predict", help="segment whole images with a project's model or a file")
+    pred = sub.add_parser(
+        "predict",
+        help="segment whole images with a project's model or a file",
+        usage="activeseg predict (PROJECT | --model FILE) IMAGES... --out DIR [options]",
+    )
     pred.add_argument(
         "inputs",
         type=Path,
         nargs="+",
-        metavar="[PROJECT] IMAGES",
+        metavar="PATH",
         help="the project (unless --model), then image files or folders",
     )
     pred.add_argument("--model", type=Path, help="a model file (activeseg export), no project")
