@@ -3,6 +3,7 @@ resuming a grid reruns only the unfinished runs; bad execution options are user 
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -34,6 +35,9 @@ def test_a_process_pool_gives_the_records_of_the_sequential_run(
         p.name for p in (tiny_run / "maps").iterdir()
     )
     assert {r["torch_threads"] for r in read_records(out / "records-random-rep0.jsonl")} == {1}
+    # the workers' iteration lines reach the run's log.txt: 2 strategies x 2 reps x 3
+    lines = (out / "log.txt").read_text().splitlines()
+    assert len([line for line in lines if re.search(r" rep \d it +\d: ", line)]) == 12
 
 
 def test_resuming_a_grid_reruns_only_the_unfinished_runs(

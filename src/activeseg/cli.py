@@ -17,7 +17,7 @@ from pathlib import Path
 from activeseg import __version__
 from activeseg.config import Config, parse_assignments, save_yaml, with_overrides
 from activeseg.errors import UserError
-from activeseg.presets import PRESETS, preset
+from activeseg.presets import add_base_options, base_config, preset
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--data", help="BIDS or images/+masks/ folder, or 'synthetic' (default: the preset's)"
     )
-    sim.add_argument("--preset", default="cpu", help=f"one of {', '.join(PRESETS)} (default cpu)")
+    add_base_options(sim)
     sim.add_argument("--strategies", help="comma-separated, e.g. random,std_edt")
     sim.add_argument("--repetitions", type=int)
     sim.add_argument("--iterations", type=int)
@@ -127,7 +127,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def simulate_config(args: argparse.Namespace) -> Config:
-    """The config of ``simulate``'s arguments: preset, then named flags, then ``--set``."""
+    """The config of ``simulate``'s arguments: ``--preset`` or ``--config``, then named flags,
+    then ``--set``."""
     flags = {
         "data.source": args.data,
         "data.source_pixel_size": args.pixel_size,
@@ -147,7 +148,7 @@ def simulate_config(args: argparse.Namespace) -> Config:
     clash = sorted(set(given) & set(sets))
     if clash:
         raise UserError(f"{', '.join(clash)} given both as a flag and with --set; give it once")
-    return with_overrides(with_overrides(preset(args.preset), given), sets)
+    return with_overrides(with_overrides(base_config(args.preset, args.config), given), sets)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,8 +200,6 @@ def _show_warning(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from activeseg.annotation import cli as project_cli
     from activeseg.report import text_summary, write_report
     from activeseg.simulation import Execution, simulate
@@ -239,13 +238,18 @@ def _run(args: argparse.Namespace) -> int:
         execution = Execution(
             args.workers, args.ray, args.cpus_per_run, args.gpus_per_run, args.shards
         )
-    log = (lambda line: None) if args.quiet else tqdm.write
+    from activeseg.console import LOG_FILE, LogFile, echo, logged_warnings, tee
+
+    show = (lambda line: None) if args.quiet else echo
     out = simulate(
-        config, args.out, resume=resume, progress=not args.quiet, log=log, execution=execution
+        config, args.out, resume=resume, progress=not args.quiet, log=show, execution=execution
     )
-    print(text_summary(out))
-    print(f"results: {out.resolve()}")
-    print(f"report: {write_report(out).resolve()}")
+    keep = LogFile(out / LOG_FILE)  # the summary too is part of what the terminal showed
+    say = tee(print, keep)
+    with logged_warnings(keep):
+        say(text_summary(out))
+        say(f"results: {out.resolve()}")
+        say(f"report: {write_report(out).resolve()}")
     return 0
 
 

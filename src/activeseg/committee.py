@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from activeseg.config import TrainConfig
+from activeseg.console import progress_bar
 from activeseg.errors import UserError
 from activeseg.metrics import confusion, summarize, summarize_classes
 from activeseg.model import probabilities
@@ -273,7 +273,7 @@ def fit_members(
     track = _Tracker(models, net, cfg, committee=svgd is not None)
     history: list[dict[str, float]] = []
     losses: tuple[nn.Module, nn.Module] | None = None
-    bar = tqdm(total=total, desc="committee", leave=False, disable=not progress, unit="step")
+    bar = progress_bar(total=total, desc="committee", leave=False, enabled=progress, unit="step")
     for step in range(1, total + 1):
         net.train()
         batches = [next(s) for s in streams] * (m_count if svgd else 1)

@@ -6,9 +6,11 @@ exactly what it changes and a run's ``config.yaml`` records the result.
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
 from typing import Any
 
-from activeseg.config import Config, with_overrides
+from activeseg.config import Config, load_yaml, with_overrides
 from activeseg.errors import UserError
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -156,3 +158,25 @@ def preset(name: str) -> Config:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return with_overrides(Config(), PRESETS[name])
+
+
+def add_base_options(parser: argparse.ArgumentParser) -> None:
+    """``--preset NAME`` or ``--config FILE``: where a command's settings start from."""
+    base = parser.add_mutually_exclusive_group()
+    base.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default cpu)")
+    base.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="start from this config.yaml (e.g. a run's own, to run it again) instead of a preset",
+    )
+
+
+def base_config(preset_name: str | None, config_file: Path | None) -> Config:
+    """The config ``config_file`` holds (a run's or project's ``config.yaml``), else the
+    preset ``preset_name`` (default ``cpu``)."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise UserError(f"--config {config_file}: no such file; give a config.yaml")
+        return load_yaml(config_file)
+    return preset(preset_name or "cpu")

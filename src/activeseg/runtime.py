@@ -72,12 +72,14 @@ def resolve(device: str = "auto", precision: str = "auto") -> Runtime:
             raise UserError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu")
     if precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"train.precision: {precision!r} is not one of auto, fp32, bf16")
-    native = _native_bf16(dev)
+    native = native_bf16(dev)
     bf16 = precision == "bf16" or (precision == "auto" and native)
     return Runtime(dev, bf16)
 
 
-def _native_bf16(device: torch.device) -> bool:
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (a CUDA GPU that supports it; a CPU with
+    AVX512-BF16 or AMX, as oneDNN reports)."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     return bool(

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from activeseg.console import progress_bar
 from activeseg.errors import UserError
 from activeseg.model import UNet, dropout_modules, mc_dropout, probabilities
 from activeseg.runtime import Runtime, derive_seed, torch_generator
@@ -135,7 +135,7 @@ def mc_statistics(
     with torch.inference_mode(False):  # weights converted here must stay trainable tensors
         runtime.place(model)
     parts = []
-    bar = tqdm(total=len(images), desc="MC scoring", leave=False, disable=not progress)
+    bar = progress_bar(total=len(images), desc="MC scoring", leave=False, enabled=progress)
     with runtime.autocast():
         for image, pid in zip(images, ids, strict=True):
             generator = torch_generator(derive_seed(seed, int(pid)), runtime.device)

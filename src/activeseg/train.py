@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import nn
-from tqdm.auto import tqdm
 
 from activeseg.config import LOSSES, TrainConfig
+from activeseg.console import progress_bar
 from activeseg.errors import TrainingDiverged, UserError
 from activeseg.metrics import confusion, summarize_classes
 from activeseg.model import predicted_labels, probabilities, seeded_dropout
@@ -237,7 +237,7 @@ def fit(
     loss_value = float("nan")
     stale = 0  # validations since the best one
     step = 0
-    bar = tqdm(total=total, desc="train", leave=False, disable=not progress, unit="step")
+    bar = progress_bar(total=total, desc="train", leave=False, enabled=progress, unit="step")
     with seeded_dropout(model, generator):
         for step in range(1, total + 1):
             model.train()

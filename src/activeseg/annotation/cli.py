@@ -1,18 +1,21 @@
 """Command line of the annotation project: ``init``, ``train``, ``query``, ``import``,
 ``status``, ``predict``. Argument parsing and printing only; the work is in
 :mod:`activeseg.annotation.create`, :mod:`~activeseg.annotation.project` and
-:mod:`~activeseg.annotation.predict`."""
+:mod:`~activeseg.annotation.predict`. What a command prints (and its warnings and error) is
+also appended to the project's ``log.txt`` (:mod:`activeseg.console`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from activeseg.config import parse_assignments
+from activeseg.console import LOG_FILE, LogFile, logged_warnings, tee
 from activeseg.errors import UserError
-from activeseg.presets import PRESETS
+from activeseg.presets import add_base_options, base_config
 
 if TYPE_CHECKING:  # importing the project module loads torch: only when a command runs
     from activeseg.annotation.project import Status
@@ -28,7 +31,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     init.add_argument("--masks", type=Path, help="folder of whole-image masks you already have")
     init.add_argument("--pixel-size", type=float, help="µm per pixel of a plain folder's images")
     init.add_argument("--channel", type=int, help="channel (0-based) of multi-channel images")
-    init.add_argument("--preset", default="cpu", help=f"one of {', '.join(PRESETS)} (default cpu)")
+    add_base_options(init)
     init.add_argument(
         "--holdout",
         default="",
@@ -97,7 +100,29 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run a project subcommand; returns the exit code (2 if an import rejected a file)."""
+    """Run a project subcommand; returns the exit code (2 if an import rejected a file).
+    Its lines, warnings and error are appended to ``PROJECT/log.txt`` once the project
+    exists (``predict --model`` has no project and no log)."""
+    keep = LogFile()
+    try:
+        with logged_warnings(keep):
+            return _run(args, tee(print, keep), keep)
+    except BaseException as exc:
+        keep(f"activeseg: error: {exc or type(exc).__name__}")
+        raise
+    finally:
+        folder = _project_folder(args)
+        if folder is not None and (folder / "project.json").is_file():
+            keep.attach(folder / LOG_FILE)
+
+
+def _project_folder(args: argparse.Namespace) -> Path | None:
+    if args.command == "predict":
+        return None if args.model is not None or not args.inputs else Path(args.inputs[0])
+    return Path(args.project)
+
+
+def _run(args: argparse.Namespace, say: Callable[[str], None], keep: LogFile) -> int:
     from activeseg.annotation.create import init_project
     from activeseg.annotation.project import Project
     from activeseg.annotation.state import DEFAULT_K, MASK_SUFFIX
@@ -114,56 +139,58 @@ def run(args: argparse.Namespace) -> int:
             args.images,
             masks=args.masks,
             pixel_size=args.pixel_size,
-            preset_name=args.preset,
+            base=base_config(args.preset, args.config),
             overrides=sets,
             holdout=holdout,
             mask_suffix=args.mask_suffix or MASK_SUFFIX,
             strategy=args.strategy,
             model=args.model,
-            log=print,
+            log=say,
         )
-        print(_status_text(Project(args.project).status()))
+        say(_status_text(Project(args.project).status()))
         return 0
     if args.command == "predict":
-        return _predict(args)
+        return _predict(args, say)
     project = Project(args.project)
     if args.command == "train":
         trained = project.train(progress=not args.quiet, force=args.force)
         if trained is None:
-            print("the model is up to date (trained on every annotated region); --force retrains")
-        print(_status_text(project.status()))
+            say("the model is up to date (trained on every annotated region); --force retrains")
+        say(_status_text(project.status()))
     elif args.command == "query":
         k = DEFAULT_K if args.k is None else args.k
         queries = project.query(k, args.strategy, progress=not args.quiet)
         for q in queries:
             r = q.region
-            print(f"{q.id}: {r.image} rows {r.row}-{r.row + r.height} cols {r.col}-"
+            say(f"{q.id}: {r.image} rows {r.row}-{r.row + r.height} cols {r.col}-"
                   f"{r.col + r.width}, score {q.score:.4g}")  # fmt: skip
         files = " + ".join(f"<id>{suffix}.png" for suffix in project.names.manual)
-        print(
+        say(
             f"annotate them in {project.to_annotate}: save each corrected mask as {files} "
             f"next to <id>.png, then run `activeseg import {args.project}`"
         )
     elif args.command == "import":
         result = project.import_masks(args.source, args.suffix)
-        print(f"imported {len(result.imported)} mask(s); {len(result.waiting)} region(s) wait")
+        say(f"imported {len(result.imported)} mask(s); {len(result.waiting)} region(s) wait")
         for path, reason in result.rejected:
-            print(f"activeseg: error: rejected {path}: {reason}", file=sys.stderr)
+            line = f"activeseg: error: rejected {path}: {reason}"
+            print(line, file=sys.stderr)
+            keep(line)
         if result.rejected:
             return 2
     elif args.command == "status":
-        print(_status_text(project.status()))
+        say(_status_text(project.status()))
     elif args.command == "export-labels":
         from activeseg.annotation.export import export_labels
 
         done = export_labels(
             project, args.out, args.format, dataset_id=args.dataset_id, name=args.name
         )
-        print(f"{len(done.cases)} labelled image(s) as {args.format}: {done.folder}")
+        say(f"{len(done.cases)} labelled image(s) as {args.format}: {done.folder}")
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
+def _predict(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     from activeseg.annotation.predict import predict_images
     from activeseg.annotation.project import Project
 
@@ -189,7 +216,7 @@ def _predict(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         known_sizes=known,
     )
-    print(f"wrote {len(written)} mask file(s) to {args.out}")
+    say(f"wrote {len(written)} mask file(s) to {args.out}")
     return 0
 
 

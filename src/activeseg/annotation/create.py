@@ -14,8 +14,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from activeseg.acquisition import get_strategy
 from activeseg.annotation.masks import MaskNames, store_annotation
 from activeseg.annotation.project import Project
@@ -32,6 +30,7 @@ from activeseg.annotation.state import (
     state_to_json,
 )
 from activeseg.config import Config, save_yaml, to_dict, validate, with_overrides
+from activeseg.console import progress_bar
 from activeseg.data.images import (
     IMAGE_SUFFIXES,
     image_stem,
@@ -41,11 +40,13 @@ from activeseg.data.images import (
 )
 from activeseg.data.prepare import image_normalizer
 from activeseg.data.sources import MASK_SUFFIXES, ImageFile, combine_masks, find_images
+from activeseg.environment import describe, record_environment
 from activeseg.errors import UserError
 from activeseg.files import acquire_lock, atomic_write_bytes, atomic_write_text
 from activeseg.learners import read_checkpoint
 from activeseg.modelfiles import read_model_file
 from activeseg.presets import preset
+from activeseg.runtime import resolve
 
 
 def init_project(
@@ -55,6 +56,7 @@ def init_project(
     masks: Path | None = None,
     pixel_size: float | None = None,
     preset_name: str = "cpu",
+    base: Config | None = None,
     overrides: dict[str, Any] | None = None,
     holdout: Sequence[str] = (),
     mask_suffix: str = MASK_SUFFIX,
@@ -69,16 +71,18 @@ def init_project(
     Everything is checked before the folder is created: bad input leaves nothing behind.
     ``holdout`` names labelled images kept for validation only. ``model``: a model file
     (``activeseg export``) the project starts from (:func:`adopted_config`); it is round 0,
-    queried with before any training.
+    queried with before any training. Settings start from ``base`` (e.g. another project's or
+    a run's ``config.yaml``) else the preset ``preset_name``; ``overrides`` come last.
     """
     root = Path(root)
     payload: dict[str, Any] | None = None
     if model is None:
-        config = with_overrides(preset(preset_name), overrides or {})
+        config = with_overrides(base or preset(preset_name), overrides or {})
     else:
         payload = read_model_file(Path(model))
         model_config, payload = read_checkpoint(payload, str(model))
-        config = adopted_config(preset(preset_name), model_config, overrides or {}, Path(model))
+        initial = base or preset(preset_name)
+        config = adopted_config(initial, model_config, overrides or {}, Path(model))
     validate(config)
     get_strategy(strategy, config.scoring)
     names = MaskNames.of(config.data.labels, mask_suffix)
@@ -126,7 +130,7 @@ def init_project(
     lock = acquire_lock(root / "project.lock")
     try:
         entries, annotations = [], []
-        for f in tqdm(files, desc="copying images", leave=False, disable=len(files) < 5):
+        for f in progress_bar(files, desc="copying images", leave=False, enabled=len(files) >= 5):
             entry = _copy_image(root, f, f.name in holdout, config, normalizer)
             entries.append(entry)
             if f.name in mask_arrays:
@@ -145,6 +149,7 @@ def init_project(
         atomic_write_text(root / "state.json", state_to_json(State(tuple(annotations))))
         atomic_write_text(root / "project.json", json.dumps(settings, indent=1))
         (root / TO_ANNOTATE).mkdir(exist_ok=True)
+        record_environment(root, describe(resolve(config.train.device, config.train.precision)))
     finally:
         lock.release()
     project = Project(root)

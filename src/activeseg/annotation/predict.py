@@ -29,9 +29,9 @@ import numpy as np
 import tifffile
 import torch
 from monai.inferers import sliding_window_inference
-from tqdm.auto import tqdm
 
 from activeseg.config import Config
+from activeseg.console import progress_bar
 from activeseg.data.images import read_image, write_gray_png, write_mask_png
 from activeseg.data.patches import Normalizer, resample, resize
 from activeseg.data.sources import ImageFile, Sample, find_images, image_file
@@ -184,7 +184,7 @@ def predict_images(
         seed=derive_seed(cfg.loop.seed, "predict"),
     )
     written = []
-    for f in tqdm(files, desc="predict", unit="image", disable=not progress):
+    for f in progress_bar(files, desc="predict", unit="image", enabled=progress):
         size = pixel_size_of(f, pixel_size, known_sizes or {}, cfg.data.pixel_size)
         image = read_image(f.path, cfg.data.channel if channel is None else channel)
         probs, std = segment_file(model, image, size, window)

@@ -16,6 +16,10 @@ copied)::
                      (weights, config, per-image normalisation, round, annotations)
     to_annotate/     pending queries (:mod:`activeseg.annotation.queries`)
     project.lock     held while a command changes the project
+    environment.json versions, device, CPU, threads and precision of the latest command that
+                     changed the project (init, train, query, import; earlier ones that
+                     differ under "earlier"; :mod:`activeseg.environment`)
+    log.txt          what each command line printed, appended (:mod:`activeseg.console`)
 
 Files are written atomically and one command at a time holds the lock
 (:mod:`activeseg.files`), so a crash leaves the project as it was before the command (or
@@ -72,6 +76,7 @@ from activeseg.config import Config, load_yaml, to_dict
 from activeseg.data.images import read_image
 from activeseg.data.patches import PatchSet, resample, resize, tile
 from activeseg.data.sources import Sample
+from activeseg.environment import describe, record_environment
 from activeseg.errors import UserError
 from activeseg.files import acquire_lock, atomic_write_bytes, atomic_write_text, remove_temporaries
 from activeseg.learners import (
@@ -128,11 +133,12 @@ class Project:
     # ---- files and state -------------------------------------------------------------
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the project's lock (a second writer fails at once) and drop temporaries a
-        killed writer left."""
+        """Hold the project's lock (a second writer fails at once), drop temporaries a
+        killed writer left and record this command's ``environment.json``."""
         lock = acquire_lock(self.root / "project.lock")
         try:
             remove_temporaries(self.root)
+            record_environment(self.root, describe(self.runtime()))
             yield
         finally:
             lock.release()

@@ -10,6 +10,11 @@ Layout of ``--out DIR`` (this module is its one description; the report reads it
     checkpoints/<strategy>-rep<r>.pt the model of the latest iteration (activeseg.learners format)
     maps/<strategy>-rep<r>-it<ii>.npz pool uncertainty maps of each iteration (float16)
     run.lock                         held while a process works on the directory
+    environment.json                 versions, commit, device, CPU, threads, precision
+                                     (:mod:`activeseg.environment`; earlier sessions that
+                                     differ under "earlier")
+    log.txt                          the lines shown, appended per session
+                                     (:mod:`activeseg.console`; the one appended file)
 
 Files are written atomically and one process at a time holds the lock (:mod:`activeseg.files`).
 A record file is only rewritten whole; an iteration counts as completed once its record is in

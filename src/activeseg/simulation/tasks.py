@@ -30,6 +30,7 @@ from activeseg import loop
 from activeseg.acquisition import Strategy, get_selection, get_strategy
 from activeseg.acquisition.registry import StrategyFactory, register_all
 from activeseg.config import Config, DataConfig
+from activeseg.console import LOG_FILE, LogFile, tee
 from activeseg.data.prepare import Prepared, prepare
 from activeseg.errors import TrainingDiverged, UserError
 from activeseg.learners import (
@@ -137,10 +138,12 @@ def execute_task(
 ) -> TaskResult:
     """Run one :class:`GridTask` in this process (any process that sees the run directory
     ``task.out``; its lock is held by the simulation that made the task). Logs a line per
-    iteration to ``log`` (default: stderr unless ``task.quiet``); ``data``: the prepared
-    data (default: prepared here, once per grid and process)."""
+    iteration to ``log`` (default, in a worker: the run's ``log.txt`` and, unless
+    ``task.quiet``, stderr); ``data``: the prepared data (default: prepared here, once per
+    grid and process)."""
     if log is None:
-        log = (lambda line: None) if task.quiet else _log_to_stderr
+        keep = LogFile(task.out / LOG_FILE)
+        log = keep if task.quiet else tee(_log_to_stderr, keep)
     register_all(task.strategies)
     config, rep = task.config, task.repetition
     if data is None:
