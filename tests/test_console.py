@@ -26,6 +26,8 @@ def test_bars_show_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
     assert progress_bar(total=3, enabled=False).disable
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     assert progress_bar(total=3).disable
+    monkeypatch.setitem(sys.modules, "ipykernel", sys)  # Jupyter: tqdm draws widgets
+    assert not progress_bar(total=3).disable
 
 
 def test_redirected_output_has_no_escape_sequences_and_a_line_per_iteration(

@@ -1,7 +1,7 @@
 """What a command shows while it works, and the ``log.txt`` that keeps it.
 
-* **Progress bars only on a terminal.** :func:`progress_bar` is a tqdm bar that is off
-  unless standard error is a terminal: redirected to a file or a pipe, output holds no
+* **Progress bars only on a terminal** (or in Jupyter). :func:`progress_bar` is a tqdm bar
+  that is off unless standard error is a terminal: redirected to a file or a pipe, output holds no
   cursor-control sequences and no partial lines, only the plain lines below.
 * **Plain lines** (one per finished iteration, the data summary, warnings, ...) go to the
   terminal through :func:`echo` (printed above any bar) and to the folder's log through a
@@ -36,7 +36,10 @@ _CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\r\x08]")
 
 
 def interactive() -> bool:
-    """Whether standard error is a terminal (where progress bars belong)."""
+    """Whether progress bars belong here: standard error is a terminal, or this is a Jupyter
+    kernel (where tqdm draws widgets, not control sequences)."""
+    if "ipykernel" in sys.modules:
+        return True
     try:
         return bool(sys.stderr.isatty())
     except (AttributeError, ValueError):  # replaced or closed streams
