@@ -45,9 +45,10 @@ def test_quick_bench_prints_a_table_and_writes_every_required_key(
     assert set(result["committee"]) == {
         "one member",
         "2 members, one after the other",
-        "2 members stacked",
+        "2 members, fit_members",
+        "2 members, fit_members grouped",
     }
-    assert result["committee_stacked_time_vs_one_member"] > 0
+    assert result["committee_fit_members_time_vs_one_member"] > 0
     ranking = result["mc_ranking_cpu_net"]
     assert -1 <= ranking["spearman_activeseg_vs_plain"] <= 1
     assert -1 <= ranking["spearman_noise_floor_plain_vs_plain"] <= 1

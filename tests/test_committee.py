@@ -253,7 +253,11 @@ def test_gradients_are_written_in_each_parameters_memory_layout() -> None:
 
 
 def _ensemble_alone_and_stacked(
-    phantom: Phantom, runtime: Runtime, make: Callable[[int], nn.Module], cfg: TrainConfig
+    phantom: Phantom,
+    runtime: Runtime,
+    make: Callable[[int], nn.Module],
+    cfg: TrainConfig,
+    grouped: bool = False,
 ) -> tuple[list[nn.Module], list[FitResult], list[nn.Module], list[FitResult]]:
     p = phantom
     train = Labelled(p.images[p.train], p.masks[p.train])
@@ -264,7 +268,7 @@ def _ensemble_alone_and_stacked(
     ]
     joint = [make(s) for s in range(3)]
     generators = [torch_generator(20 + s) for s in range(3)]
-    stacked, _ = fit_members(joint, train, val, cfg, runtime, generators)
+    stacked, _ = fit_members(joint, train, val, cfg, runtime, generators, grouped=grouped)
     return alone, separate, joint, stacked
 
 
@@ -288,8 +292,9 @@ def with_threads(n: int, fn: Callable[[], T]) -> T:
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("grouped", [False, True])
 def test_a_stacked_ensemble_trains_each_member_as_it_would_alone(
-    phantom: Phantom, runtime: Runtime
+    phantom: Phantom, runtime: Runtime, grouped: bool
 ) -> None:
     """Grouped convolutions, per-member batches, augmentation, dropout masks, Adam state,
     best-Dice choice and early stop: each member of the stacked ensemble trains as it does
@@ -298,7 +303,7 @@ def test_a_stacked_ensemble_trains_each_member_as_it_would_alone(
     number of threads (measured: stacked 0-0.14, threads 0.12-0.39 of the distance
     travelled; see :func:`relative_distance`)."""
     alone, _, joint, _ = _ensemble_alone_and_stacked(
-        phantom, runtime, lambda s: make_unet(seed=s), tiny_cfg(1)
+        phantom, runtime, lambda s: make_unet(seed=s), tiny_cfg(1), grouped
     )
     for single, member in zip(alone, joint, strict=True):
         torch.testing.assert_close(
@@ -306,9 +311,9 @@ def test_a_stacked_ensemble_trains_each_member_as_it_would_alone(
         )
     cfg = dataclasses.replace(tiny_cfg(12, validate_every=2), patience=1)
     alone, separate, joint, stacked = _ensemble_alone_and_stacked(
-        phantom, runtime, lambda s: make_unet(seed=s), cfg
+        phantom, runtime, lambda s: make_unet(seed=s), cfg, grouped
     )
-    assert isinstance(stack(joint), StackedUNet)
+    assert isinstance(stack(joint, grouped), StackedUNet if grouped else MemberLoop)
     other = with_threads(
         torch.get_num_threads() + 1,  # another summation order, the same training
         lambda: _ensemble_alone_and_stacked(phantom, runtime, lambda s: make_unet(seed=s), cfg)[0],
@@ -352,7 +357,7 @@ def test_a_stacked_3d_multiclass_unet_computes_each_members_logits(train_mode: b
     """Channel-agnostic and dimension-agnostic: three-class 3D members stacked give each
     member's logits, in training mode with each member's own dropout masks."""
     members = [seeded_unet(s, 3, 4, 0.2, out_channels=3, spatial_dims=3) for s in range(2)]
-    net = stack(members)
+    net = stack(members, grouped=True)
     assert isinstance(net, StackedUNet)
     net.train(train_mode)
     x = torch.randn(2, 2, 16, 16, 16)

@@ -22,15 +22,9 @@ Nath et al.'s "Dice log-likelihood" ``log p(θ) = -log(DiceLoss(θ) + ε)`` on t
 every training); ``-φ(θ_i)`` is written into its ``.grad`` so that Adam *ascends* ``φ``.
 
 Ensemble members and SVGD particles train the same way, :func:`fit_members`: the M networks
-as one :class:`~activeseg.stacked.Stack` (the built-in U-Net as one grouped network), one
-forward and backward for all members per step, each member with its own weights, Adam state,
-batches, augmentation and dropout masks. SVGD works on the stacked parameters directly.
-
-With ``repulsion=False`` the kernel is replaced by the identity (``k_ij = δ_ij``, no
-repulsive term): each particle follows ``(1/M) ∇ log p(θ_i)`` alone, which is independent
-training. Adam is invariant to the ``1/M`` scale except through its ``eps``, so the particles'
-Adam uses ``eps / M``: then the steps are exactly those of training each particle alone
-(measured: with torch's ``eps`` unscaled, 12 steps already moved weights apart by 0.08).
+as one :class:`~activeseg.stacked.Stack` (one loop, one optimiser step for all members),
+each member with its own weights, Adam state, batches, augmentation and dropout masks. SVGD
+works on the stacked parameters directly.
 """
 
 from __future__ import annotations
@@ -236,9 +230,11 @@ def fit_members(
     generators: Sequence[torch.Generator],
     svgd: Svgd | None = None,
     progress: bool = False,
+    grouped: bool = False,
 ) -> tuple[list[FitResult], list[dict[str, float]]]:
     """Train the ``M`` members ``models`` in place as one :class:`~activeseg.stacked.Stack`
-    (grouped U-Net, or the members in turn for other networks) and load their best weights.
+    (the members in turn; with ``grouped`` built-in U-Nets as one grouped network) and load
+    their best weights.
 
     Ensemble (``svgd`` ``None``): member ``m`` trains exactly as :func:`activeseg.train.fit`
     with ``generators[m]`` would (its batches, augmentation and dropout masks, its Adam state
@@ -257,7 +253,7 @@ def fit_members(
         raise ValueError(f"{len(generators)} generators for {m_count} members")
     for model in models:
         runtime.place(model)
-    net = stack(models)
+    net = stack(models, grouped)
     runtime.place(net)
     streams = [training_batches(train, cfg, runtime, g) for g in generators]
     if svgd is None:

@@ -19,7 +19,8 @@ section (``"complete": false`` until the last one), so a run cut short keeps wha
 * **Training** (:mod:`.training`): images/s of :func:`activeseg.train.fit` vs a plain fp32
   NCHW loop with per-sample (scipy) augmentation, for both networks.
 * **Committee** (:mod:`.training`): ``members`` U-Nets of the ``cpu`` preset trained one
-  after the other vs stacked (:func:`activeseg.committee.fit_members`), in time of one.
+  after the other and in :func:`activeseg.committee.fit_members` (member loop, grouped
+  convolutions), in time of one.
 * **One AL iteration** (:mod:`.iteration`) of the ``cpu`` preset on the SEM data (``--sem``;
   else the phantom, sized for the preset's split): the record's seconds.
 
@@ -116,9 +117,10 @@ def run(
         save(result)
     committee = bench_committee(ctx, cpu.depth, cpu.base_filters, sizes.train_steps)
     result["committee"] = committee
-    one, (separate, stacked) = committee["one member"]["seconds"], list(committee.values())[1:]
-    result["committee_stacked_time_vs_one_member"] = stacked["seconds"] / one
-    result["committee_separate_time_vs_one_member"] = separate["seconds"] / one
+    one, separate, loop, grouped = (row["seconds"] for row in committee.values())
+    result["committee_fit_members_time_vs_one_member"] = loop / one
+    result["committee_grouped_time_vs_one_member"] = grouped / one
+    result["committee_separate_time_vs_one_member"] = separate / one
     save(result)
     iteration = bench_iteration(sem, sizes)
     log(f"  AL iteration: {iteration}")

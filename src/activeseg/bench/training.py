@@ -126,7 +126,8 @@ def bench_train(ctx: Context, name: str, model: UNet, steps: int) -> dict[str, R
 def bench_committee(ctx: Context, depth: int, filters: int, steps: int) -> dict[str, Row]:
     """``steps`` training steps (``precision=auto``) of one member, of ``ctx.sizes.members``
     members one after the other (:func:`~activeseg.train.fit` each) and of the same members
-    stacked (:func:`~activeseg.committee.fit_members`): seconds and images/s per member."""
+    in :func:`~activeseg.committee.fit_members` (the member loop, and grouped convolutions):
+    seconds and images/s per member."""
     from activeseg.committee import fit_members
 
     sizes, runtime = ctx.sizes, resolve("cpu", "auto")
@@ -141,15 +142,16 @@ def bench_committee(ctx: Context, depth: int, filters: int, steps: int) -> dict[
         for seed, model in enumerate(members(n)):
             fit(model, train, val, cfg, runtime, torch_generator(seed))
 
-    def stacked(n: int) -> None:
+    def stacked(n: int, grouped: bool) -> None:
         generators = [torch_generator(seed) for seed in range(n)]
-        fit_members(members(n), train, val, cfg, runtime, generators)
+        fit_members(members(n), train, val, cfg, runtime, generators, grouped=grouped)
 
     m = sizes.members
     methods: dict[str, Callable[[int], None]] = {
         "one member": lambda n: separate(1),
         f"{m} members, one after the other": lambda n: separate(n),
-        f"{m} members stacked": lambda n: stacked(n),
+        f"{m} members, fit_members": lambda n: stacked(n, False),
+        f"{m} members, fit_members grouped": lambda n: stacked(n, True),
     }
     timed = interleaved(methods, m, 2, sizes.repeats)
     rows = {}
