@@ -404,3 +404,37 @@ def test_keep_policy_end_to_end(tiny_config: Config, tmp_path: Path) -> None:
     assert [r["n_labelled"] for r in records] == [2, 3, 4, 5]
     assert [r["n_annotated"] for r in records] == [2, 3, 3, 3]  # one pool patch, re-chosen
     assert [r["pool_size"] for r in records] == [1, 1, 1, 1]
+
+
+def test_a_resume_on_changed_data_is_refused_even_with_the_same_split(
+    tiny_config: Config, finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``split.json`` holds a digest of every patch: data edited under the same file names
+    (same ids, same split) must not be resumed silently."""
+    from activeseg.simulation import run as run_module
+
+    assert len(json.loads((finished_run / "split.json").read_text())["data_sha256"]) == 64
+
+    def edited(cfg: Any) -> Any:
+        data = prepare(cfg)
+        data.patches.images[0, 0, 0, 0] += 0.01
+        return data
+
+    monkeypatch.setattr(run_module, "prepare", edited)
+    with pytest.raises(UserError, match="differs from the split the data gives now"):
+        run_quietly(tiny_config, finished_run, resume=True)
+
+
+def test_the_synthetic_test_images_are_not_chosen_by_hardness() -> None:
+    """Regression: the phantom chose its hard images with the split's own first draw, so the
+    test set held exactly the hard images (test Dice ~0.5, validation ~0.98)."""
+    from activeseg.data.phantom import hard_flags
+    from activeseg.data.synthetic import phantom_seed
+
+    hard_tests = []
+    for seed in range(8):
+        config = with_overrides(preset("demo"), {"data.split_seed": seed})
+        split = prepare(config.data).split
+        hard = hard_flags(12, phantom_seed(config.data))
+        hard_tests += [bool(hard[int(name.rsplit("-", 1)[1])]) for name in split.test_sources]
+    assert 0 < sum(hard_tests) < len(hard_tests)  # some test images hard, some not

@@ -10,8 +10,10 @@ Two normalisations exist, each with one home here:
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +41,16 @@ class Prepared:
     images: torch.Tensor
     masks: np.ndarray
     scales: Scales
+
+    def split_record(self) -> dict[str, Any]:
+        """The split as a run directory stores it (``split.json``): the patch ids of each
+        set, the source images and ``data_sha256``, a digest of every patch's image and
+        mask, so that a resumed run or a report notices data that changed under the same
+        file names and split."""
+        digest = hashlib.sha256()
+        for array in (self.patches.images, self.patches.masks):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return {**self.split.to_dict(), "data_sha256": digest.hexdigest()}
 
 
 def prepare(cfg: DataConfig) -> Prepared:

@@ -20,6 +20,7 @@ from activeseg.data.phantom import make_phantom
 from activeseg.data.sources import Sample
 from activeseg.data.volume_phantom import make_volume_phantom
 from activeseg.data.volumes import Volume
+from activeseg.runtime import derive_seed
 
 SYNTHETIC = "synthetic"
 PHANTOM_IMAGES = 12  # the default 2D phantom: images ...
@@ -52,10 +53,17 @@ def phantom_layout(cfg: DataConfig) -> tuple[int, int, float]:
 
 
 def synthetic_images(cfg: DataConfig) -> list[Sample]:
-    """The 2D axon-myelin phantom of :func:`phantom_layout`, seeded by ``data.split_seed``,
+    """The 2D axon-myelin phantom of :func:`phantom_layout`, seeded by :func:`phantom_seed`,
     with the classes of ``data.labels`` (axon and/or myelin; default the myelin mask)."""
     n_images, side, pixel = phantom_layout(cfg)
-    return make_phantom(n_images, side, pixel, seed=cfg.split_seed, labels=cfg.labels)
+    return make_phantom(n_images, side, pixel, seed=phantom_seed(cfg), labels=cfg.labels)
+
+
+def phantom_seed(cfg: DataConfig) -> int:
+    """The phantom's seed, derived from ``data.split_seed`` with its own purpose: the split
+    permutes the images with ``split_seed`` itself, and the phantom chose its hard images
+    with the same first draw, so every test set held exactly the hard images."""
+    return derive_seed(cfg.split_seed, "phantom")
 
 
 def volume_count(cfg: DataConfig) -> int:
@@ -78,5 +86,5 @@ def volume_count(cfg: DataConfig) -> int:
 def synthetic_volumes(cfg: DataConfig) -> list[Volume]:
     """The 3D phantom of :func:`volume_count` volumes, labels ``0 .. num_classes - 1``."""
     return make_volume_phantom(
-        volume_count(cfg), PHANTOM_SHAPE, classes=cfg.num_classes, seed=cfg.split_seed
+        volume_count(cfg), PHANTOM_SHAPE, classes=cfg.num_classes, seed=phantom_seed(cfg)
     )

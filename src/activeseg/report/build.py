@@ -32,6 +32,7 @@ from activeseg.report.panels import maps_section, quality_section, selection_sec
 from activeseg.report.records import Run, load_run, value
 from activeseg.report.sections import cost_section, curves_section, verdict_section
 from activeseg.report.verdict import compute_verdict
+from activeseg.simulation.rundir import same_split
 
 
 def write_report(
@@ -86,7 +87,7 @@ def _load_data(run: Run) -> tuple[Prepared | None, str]:
         prepared = prepare(run.config.data)
     except (UserError, OSError) as exc:
         return None, f"Data not loaded ({exc}): image panels and annotation hours are left out."
-    if prepared.split.to_dict() != run.split:
+    if not same_split(prepared.split_record(), run.split):
         return None, (
             f"The data at {run.config.data.source} no longer gives this run's split: image "
             "panels and annotation hours are left out."

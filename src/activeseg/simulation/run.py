@@ -108,7 +108,7 @@ def _run(
             f"note: {ENVIRONMENT_FILE} differs from the earlier session's ({'; '.join(changed)}); "
             "results may differ in the last bits from the iterations recorded before"
         )
-    run.load_or_save_split(data.split.to_dict())
+    run.load_or_save_split(data.split_record())
     log(
         f"data: {len(data.patches)} patches of {config.data.patch_size}px; "
         f"initial {len(data.split.initial)}, pool {len(data.split.pool)}, "

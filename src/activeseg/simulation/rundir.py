@@ -63,6 +63,14 @@ def read_split(root: Path) -> dict[str, Any]:
     return dict(json.loads((root / "split.json").read_text()))
 
 
+def same_split(current: dict[str, Any], stored: dict[str, Any]) -> bool:
+    """Whether the split the data gives now equals a stored one (a ``split.json`` written
+    before ``data_sha256`` existed is compared on its patch ids and sources only)."""
+    if "data_sha256" not in stored:
+        current = {k: v for k, v in current.items() if k != "data_sha256"}
+    return current == stored
+
+
 def maps_path(root: Path, strategy: str, repetition: int, iteration: int) -> Path:
     return root / MAPS / f"{strategy}-rep{repetition}-it{iteration:02d}.npz"
 
@@ -146,7 +154,7 @@ class RunDirectory:
         path = self.root / "split.json"
         if path.exists():
             stored = json.loads(path.read_text())
-            if stored != split:
+            if not same_split(split, stored):
                 raise UserError(
                     f"{path} differs from the split the data gives now (data changed?); "
                     "start a new run directory"
