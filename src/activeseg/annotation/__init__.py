@@ -1,7 +1,8 @@
 """Annotation projects: active learning on your own unlabelled images (human in the loop).
 
 ``create.py`` makes a project, ``project.py`` trains, queries and imports through the same
-learners as a simulation, ``queries.py`` writes and reads the files the annotator sees,
+learners as a simulation, ``images.py`` cuts the project's images into the patches and
+candidate windows of a round, ``queries.py`` writes and reads the files the annotator sees,
 ``regions.py`` maps the model's windows to image regions, ``predict.py`` segments whole
 images, ``cli.py`` is the command line.
 """

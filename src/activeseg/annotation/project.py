@@ -23,9 +23,10 @@ copied)::
 
 Files are written atomically and one command at a time holds the lock
 (:mod:`activeseg.files`), so a crash leaves the project as it was before the command (or
-after it). Training, checkpoints and scoring go through the learners of
-:mod:`activeseg.learners` and :func:`activeseg.loop.score_pool`, exactly as in a simulation,
-so every strategy (committees and ``max_cover`` included) works in a project.
+after it). The images, patches and candidate windows of a round come from
+:mod:`activeseg.annotation.images`. Training, checkpoints and scoring go through the
+learners of :mod:`activeseg.learners` and :func:`activeseg.loop.score_pool`, exactly as in a
+simulation, so every strategy (committees and ``max_cover`` included) works in a project.
 
 Validation: images designated at ``init --holdout`` (with their masks) are never trained on
 nor queried; the model keeps the weights of its best Dice on them (as in the simulation) and
@@ -40,9 +41,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,9 @@ from activeseg import loop
 from activeseg.acquisition import Strategy, get_selection, get_strategy
 from activeseg.acquisition.strategies import std_map
 from activeseg.annotation import masks, queries
+from activeseg.annotation.images import ProjectImages, RoundData
 from activeseg.annotation.masks import MaskNames
 from activeseg.annotation.predict import Segmenter
-from activeseg.annotation.regions import free_windows
 from activeseg.annotation.state import (
     DEFAULT_K,
     PER_IMAGE,
@@ -63,7 +63,6 @@ from activeseg.annotation.state import (
     Annotation,
     ProjectImage,
     Query,
-    Region,
     Round,
     Settings,
     State,
@@ -73,9 +72,7 @@ from activeseg.annotation.state import (
 )
 from activeseg.annotation.status import Status, estimate_gain
 from activeseg.config import Config, load_yaml, to_dict
-from activeseg.data.images import read_image
-from activeseg.data.patches import PatchSet, resample, resize, tile
-from activeseg.data.sources import Sample
+from activeseg.data.patches import resize
 from activeseg.environment import describe, record_environment
 from activeseg.errors import UserError
 from activeseg.files import acquire_lock, atomic_write_bytes, atomic_write_text, remove_temporaries
@@ -91,21 +88,6 @@ from activeseg.model import predicted_labels
 from activeseg.runtime import Runtime, derive_seed, numpy_generator, resolve
 from activeseg.simulation.tasks import pool_chunk
 from activeseg.train import Labelled
-
-
-@dataclass(frozen=True)
-class RoundData:
-    """What one round trains and scores on: ``data.images`` holds the candidate ``windows``
-    (ids ``0 .. W-1``, their ``regions``) and then the training patches (ids ``train``, masks
-    ``masks``); validation on the held-out patches (``holdout``) or, without any, on the
-    training patches."""
-
-    data: LearnerData
-    windows: PatchSet
-    regions: list[Region]
-    train: np.ndarray
-    masks: np.ndarray
-    holdout: bool
 
 
 class Project:
@@ -127,8 +109,7 @@ class Project:
         )
         self.config: Config = load_yaml(self.root / "config.yaml")
         self.names = MaskNames.of(self.config.data.labels, self.settings.mask_suffix)
-        self._by_name = {i.name: i for i in self.settings.images}
-        self._cache: dict[tuple[str, bool], np.ndarray] = {}
+        self.images = ProjectImages(self.root, self.settings.images, self.config)
 
     # ---- files and state -------------------------------------------------------------
     @contextmanager
@@ -158,42 +139,22 @@ class Project:
     def model_path(self) -> Path:
         return self.root / "model" / "model.pt"
 
-    def image(self, name: str, resampled: bool = False) -> np.ndarray:
-        """Image ``name`` float32 ``[H, W]`` in [0, 1], original or at ``data.pixel_size``."""
-        key = (name, resampled)
-        if key not in self._cache:
-            if resampled:
-                sample = self._sample(name, self.image(name), None)
-                self._cache[key] = resample(sample, self.config.data.pixel_size).image
-            else:
-                path = self.root / self._by_name[name].file
-                self._cache[key] = read_image(path, self.config.data.channel)
-        return self._cache[key]
-
     @property
     def classes(self) -> int:
         """C, the number of labels (background included; 2 for binary masks)."""
         return self.config.data.num_classes
 
-    def read_annotation(self, a: Annotation) -> np.ndarray:
-        """The stored mask or label map ``[h, w]`` (uint8) of ``a``."""
-        return masks.read_annotation(self.root / a.mask, self.classes)
-
-    def _sample(self, name: str, image: np.ndarray, mask: np.ndarray | None) -> Sample:
-        mask = np.zeros(image.shape, dtype=np.uint8) if mask is None else mask
-        return Sample(name, image, mask, self._by_name[name].pixel_size)
-
-    def scale(self, name: str) -> float:
-        """Resampled pixels per original pixel of image ``name`` (1 without resampling)."""
-        target, own = self.config.data.pixel_size, self._by_name[name].pixel_size
-        return 1.0 if target is None or own is None else own / target
+    def image(self, name: str, resampled: bool = False) -> np.ndarray:
+        """Image ``name`` float32 ``[H, W]`` in [0, 1], original or at ``data.pixel_size``."""
+        return self.images.image(name, resampled)
 
     def entry(self, name: str) -> ProjectImage:
         """The record of image ``name`` (file, pixel size, normaliser, held out or not)."""
-        return self._by_name[name]
+        return self.images.entry(name)
 
-    def is_holdout(self, name: str) -> bool:
-        return self._by_name[name].holdout
+    def read_annotation(self, a: Annotation) -> np.ndarray:
+        """The stored mask or label map ``[h, w]`` (uint8) of ``a``."""
+        return self.images.read_annotation(a)
 
     def runtime(self) -> Runtime:
         return resolve(self.config.train.device, self.config.train.precision)
@@ -202,76 +163,20 @@ class Project:
         """The strategy ``name`` (default: the project's) for the project's settings."""
         return get_strategy(name or self.settings.strategy, self.config.scoring)
 
-    # ---- data ------------------------------------------------------------------------
-    def patches(self, annotations: Sequence[Annotation]) -> PatchSet | None:
-        """The annotated regions, normalised by their image's normaliser, resampled and
-        tiled into ``data.patch_size`` patches (images float32 normalised, masks {0, 1})."""
-        samples = [
-            dataclasses.replace(
-                self._sample(
-                    a.region.image,
-                    self._by_name[a.region.image].normalizer(
-                        a.region.crop(self.image(a.region.image))
-                    ),
-                    self.read_annotation(a),
-                ),
-                name=a.id,
-            )
-            for a in annotations
-        ]
-        if not samples:
-            return None
-        resampled = [resample(s, self.config.data.pixel_size) for s in samples]
-        return tile(resampled, self.config.data.patch_size)
-
+    # ---- training --------------------------------------------------------------------
     def round_data(self, state: State) -> RoundData:
-        """The candidate windows and the training and held-out patches of ``state`` (no
-        training patches before anything is annotated, for a project started from a
-        model)."""
-        train_ann = self._train_annotations(state)
-        if not train_ann and not self.has_model():
+        """What a round of ``state`` trains and scores on (:meth:`ProjectImages.round_data`);
+        a project needs an annotation or a model to start from."""
+        if not self.images.training(state) and not self.has_model():
             raise UserError(
                 "nothing annotated to train on yet: give masks at init (--masks DIR) or "
                 f"annotate the regions in {self.to_annotate} and run `activeseg import`"
             )
-        train = self.patches(train_ann)
-        if train_ann and (train is None or len(train) == 0):
-            raise UserError("the annotated regions give no patch; check data.patch_size")
-        held = self.patches([a for a in state.annotations if self.is_holdout(a.region.image)])
-        windows, regions = self.candidates(state)
-        parts = [windows.images] + ([train.images] if train is not None else [])
-        images = torch.from_numpy(np.concatenate(parts))
-        ids = np.arange(len(windows), len(images))
-        masks = train.masks if train is not None else np.zeros((0, *windows.images.shape[1:]))
-        source = held if held is not None else train
-        val = (
-            Labelled(torch.from_numpy(source.images), torch.from_numpy(source.masks).float())
-            if source is not None
-            else Labelled(images[:0], images[:0])
-        )
-        return RoundData(LearnerData(images, val), windows, regions, ids, masks, held is not None)
-
-    def candidates(self, state: State) -> tuple[PatchSet, list[Region]]:
-        """The windows (normalised resampled patches) that may be queried and their regions
-        in original pixels: the centred patch grid of every image that is not held out,
-        minus windows overlapping an annotated or pending region."""
-        names = [i.name for i in self.settings.images if not i.holdout]
-        samples = [
-            self._sample(n, self._by_name[n].normalizer(self.image(n, resampled=True)), None)
-            for n in names
-        ]
-        taken = [a.region for a in state.annotations] + [q.region for q in state.pending]
-        scales = {n: self.scale(n) for n in names}
-        shapes = {n: self.image(n).shape for n in names}
-        return free_windows(samples, self.config.data.patch_size, scales, shapes, taken)
-
-    # ---- training --------------------------------------------------------------------
-    def _train_annotations(self, state: State) -> list[Annotation]:
-        return [a for a in state.annotations if not self.is_holdout(a.region.image)]
+        return self.images.round_data(state)
 
     def _up_to_date(self, state: State, committee: str | None) -> bool:
         """Whether the saved model is of kind ``committee`` and trained on every annotation."""
-        ids = tuple(a.id for a in self._train_annotations(state))
+        ids = tuple(a.id for a in self.images.training(state))
         latest = state.rounds[-1] if state.rounds else None
         return (
             latest is not None
@@ -311,7 +216,7 @@ class Project:
             learner.start(previous["models"][0] if previous["committee"] is None else None)
         start = time.perf_counter()
         info = learner.fit(rd.train, rd.masks, derive_seed(self.config.loop.seed, "train"))
-        ids = tuple(a.id for a in self._train_annotations(state))
+        ids = tuple(a.id for a in self.images.training(state))
         val_dice = float(info["val_dice"]) if rd.holdout else None
         number = len(state.rounds)
         seconds = time.perf_counter() - start
@@ -448,7 +353,7 @@ class Project:
             labels.numpy().astype(np.uint8),
             resize(std.numpy(), shape),
             self.names,
-            self._by_name[region.image].pixel_size,
+            self.entry(region.image).pixel_size,
         )
 
     # ---- importing -------------------------------------------------------------------
@@ -510,7 +415,7 @@ class Project:
         return Status(
             n_images=len(self.settings.images),
             n_holdout=sum(i.holdout for i in self.settings.images),
-            n_annotated=len(self._train_annotations(state)),
+            n_annotated=len(self.images.training(state)),
             n_pending=len(state.pending),
             rounds=state.rounds,
             up_to_date=self._up_to_date(state, committee),
