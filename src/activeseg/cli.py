@@ -156,9 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse: 0 after --help / --version, 2 for a usage error
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    from activeseg.console import show_warning
+
     with warnings.catch_warnings():
         warnings.simplefilter("default")
-        warnings.showwarning = _show_warning
+        warnings.showwarning = show_warning
         try:
             return _run(args)
         except UserError as exc:
@@ -185,18 +187,6 @@ def _export(args: argparse.Namespace) -> int:
         export_onnx(load_model(args.out, device="cpu"), args.onnx)
         print(f"ONNX: {args.onnx}")
     return 0
-
-
-def _show_warning(
-    message: Warning | str,
-    category: type[Warning],
-    filename: str,
-    lineno: int,
-    file: object = None,
-    line: str | None = None,
-) -> None:
-    """Warnings as one line each, without the source location."""
-    print(f"activeseg: warning: {message}", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:

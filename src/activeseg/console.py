@@ -114,22 +114,33 @@ def tee(show: Callable[[str], None], keep: Callable[[str], None]) -> Callable[[s
     return log
 
 
+def warning_line(message: Warning | str) -> str:
+    """How a command shows a warning: one line ``"activeseg: warning: ..."``."""
+    return f"activeseg: warning: {message}"
+
+
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """A :func:`warnings.showwarning` for the command line: :func:`warning_line` on standard
+    error, without the source location."""
+    print(warning_line(message), file=sys.stderr)
+
+
 @contextlib.contextmanager
 def logged_warnings(keep: Callable[[str], None]) -> Iterator[None]:
-    """Inside, every warning shown is also passed to ``keep`` as ``"activeseg: warning: ..."``
-    (shown as before: the command line prints it as that one line)."""
+    """Inside, every warning shown is also passed to ``keep`` as :func:`warning_line`
+    (shown as before: the command line prints that line with :func:`show_warning`)."""
     previous = warnings.showwarning
 
-    def show(
-        message: Warning | str,
-        category: type[Warning],
-        filename: str,
-        lineno: int,
-        file: Any = None,
-        line: str | None = None,
-    ) -> None:
-        keep(f"activeseg: warning: {message}")
-        previous(message, category, filename, lineno, file, line)
+    def show(message: Warning | str, *where: Any, **named: Any) -> None:
+        keep(warning_line(message))
+        previous(message, *where, **named)
 
     warnings.showwarning = show
     try:
