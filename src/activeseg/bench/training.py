@@ -10,16 +10,7 @@ import torch
 from monai.losses import DiceLoss
 from scipy import ndimage
 
-from activeseg.bench.measure import (
-    Context,
-    Row,
-    Sizes,
-    count_flops,
-    interleaved,
-    make_net,
-    pool_images,
-    rate,
-)
+from activeseg.bench import measure
 from activeseg.config import TrainConfig
 from activeseg.model import UNet, seeded_dropout
 from activeseg.runtime import Runtime, resolve, torch_generator
@@ -87,16 +78,16 @@ def train_step_flops(model: UNet, batch: int, patch: int) -> int:
         with seeded_dropout(model, torch_generator(0)):
             model(x).sum().backward()
 
-    return count_flops(step)
+    return measure.count_flops(step)
 
 
-def training_data(sizes: Sizes) -> Labelled:
+def training_data(sizes: measure.Sizes) -> Labelled:
     """Phantom patches and thresholded masks, twice the batch (at least 4)."""
-    images = pool_images(max(sizes.train_batch * 2, 4), sizes.patch)
+    images = measure.pool_images(max(sizes.train_batch * 2, 4), sizes.patch)
     return Labelled(images, (images > 0.5).float())
 
 
-def bench_train(ctx: Context, name: str, model: UNet, steps: int) -> dict[str, Row]:
+def bench_train(ctx: measure.Context, name: str, model: UNet, steps: int) -> dict[str, measure.Row]:
     """One row per method: ``steps`` training steps of batch ``ctx.sizes.train_batch``."""
     sizes = ctx.sizes
     images, masks = training_data(sizes)
@@ -111,19 +102,21 @@ def bench_train(ctx: Context, name: str, model: UNet, steps: int) -> dict[str, R
             copy.deepcopy(model), images, masks, s, batch, resolve("cpu", "bf16")
         ),
     }
-    timed = interleaved(methods, steps, 2, sizes.repeats)
+    timed = measure.interleaved(methods, steps, 2, sizes.repeats)
     rows = {}
     for method in methods:
         _, seconds, peak = timed[method]
         rows[method] = {
-            **rate(seconds, peak, flops * steps, ctx.peaks),
+            **measure.rate(seconds, peak, flops * steps, ctx.peaks),
             "images_per_s": steps * batch / seconds,
         }
         ctx.log(f"  train {name}: {method}: {steps * batch / seconds:.1f} images/s")
     return rows
 
 
-def bench_committee(ctx: Context, depth: int, filters: int, steps: int) -> dict[str, Row]:
+def bench_committee(
+    ctx: measure.Context, depth: int, filters: int, steps: int
+) -> dict[str, measure.Row]:
     """``steps`` training steps (``precision=auto``) of one member, of ``ctx.sizes.members``
     members one after the other (:func:`~activeseg.train.fit` each) and of the same members
     in :func:`~activeseg.committee.fit_members` (the member loop, and grouped convolutions):
@@ -136,7 +129,7 @@ def bench_committee(ctx: Context, depth: int, filters: int, steps: int) -> dict[
     cfg = train_config(steps, sizes.train_batch)
 
     def members(n: int) -> list[UNet]:
-        return [make_net(depth, filters, seed) for seed in range(n)]
+        return [measure.make_net(depth, filters, seed) for seed in range(n)]
 
     def separate(n: int) -> None:
         for seed, model in enumerate(members(n)):
@@ -153,7 +146,7 @@ def bench_committee(ctx: Context, depth: int, filters: int, steps: int) -> dict[
         f"{m} members, fit_members": lambda n: stacked(n, False),
         f"{m} members, fit_members grouped": lambda n: stacked(n, True),
     }
-    timed = interleaved(methods, m, 2, sizes.repeats)
+    timed = measure.interleaved(methods, m, 2, sizes.repeats)
     rows = {}
     for method, (_, seconds, peak) in timed.items():
         count = 1 if method == "one member" else m
