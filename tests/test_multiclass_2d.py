@@ -15,6 +15,8 @@ import torch
 from conftest import PROJECT_SETTINGS, TINY_OVERRIDES
 from PIL import Image
 
+from activeseg.annotation import Project
+from activeseg.annotation.masks import MaskNames
 from activeseg.cli import main
 from activeseg.config import validate, with_overrides
 from activeseg.data.images import read_labels, read_mask
@@ -207,6 +209,25 @@ def test_a_multi_class_simulation_records_per_class_metrics(tmp_path: Path) -> N
 SETTINGS = [*PROJECT_SETTINGS, "data.labels=axon,myelin"]
 
 
+def test_a_mask_suffix_for_a_multi_class_project_is_an_error_naming_the_mask_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(images / "im0.png")
+    project = tmp_path / "proj"
+    args = ["init", str(project), "--images", str(images), "--preset", "demo"]
+    labels = ["--set", "data.labels=axon,myelin"]
+    assert main([*args, *labels, "--mask-suffix", "_label"]) == 2
+    err = capsys.readouterr().err
+    assert "--mask-suffix is for binary masks" in err
+    assert "<stem>_seg-<label>-manual (here _seg-axon-manual, _seg-myelin-manual)" in err
+    assert not project.exists()
+    with pytest.raises(UserError, match="--mask-suffix is for binary masks"):
+        MaskNames.of(("axon",), "_label")
+    assert MaskNames.of((), "_label").manual == ("_label",)  # binary masks take it
+
+
 def test_a_multi_class_project_from_init_to_axondeepseg_files(tmp_path: Path) -> None:
     samples = make_phantom(n_images=4, size=96, seed=8, labels=("axon", "myelin"))
     samples = [dataclasses.replace(s, name=f"im{i}") for i, s in enumerate(samples)]
@@ -225,6 +246,8 @@ def test_a_multi_class_project_from_init_to_axondeepseg_files(tmp_path: Path) ->
                  "--holdout", "im3", *base]) == 0  # fmt: skip
     stored = read_labels(project / "annotations" / "im0_seg-labels.png")
     np.testing.assert_array_equal(stored, samples[0].mask)
+    with pytest.raises(UserError, match=r"--suffix is for binary masks.*_seg-myelin-manual"):
+        Project(project).import_masks(suffix="_seg-axon-manual")
 
     assert main(["query", str(project), "-k", "2", "--quiet"]) == 0
     pending = sorted((project / "to_annotate").glob("q*.json"))

@@ -46,12 +46,26 @@ class MaskNames:
 
     @classmethod
     def of(cls, labels: tuple[str, ...], mask_suffix: str = MASK_SUFFIX) -> MaskNames:
-        """The names of a binary project (``mask_suffix``) or of the classes ``labels``."""
+        """The names of a binary project (``mask_suffix``) or of the classes ``labels``
+        (whose masks are always ``<stem>_seg-<label>-manual``: another ``mask_suffix`` is an
+        error, not ignored)."""
         if not labels:
             return cls((mask_suffix,), (PRED_SUFFIX,))
+        if mask_suffix != MASK_SUFFIX:
+            raise UserError(binary_only("--mask-suffix", labels))
         return cls(
             tuple(f"_seg-{n}-manual" for n in labels), tuple(f"_seg-{n}-pred" for n in labels)
         )
+
+
+def binary_only(option: str, labels: tuple[str, ...]) -> str:
+    """The error for a mask-suffix ``option`` given to a project with the classes
+    ``labels``."""
+    suffixes = ", ".join(f"_seg-{n}-manual" for n in labels)
+    return (
+        f"{option} is for binary masks; with data.labels the masks are "
+        f"<stem>_seg-<label>-manual (here {suffixes}): drop {option}"
+    )
 
 
 def store_annotation(root: Path, id: str, labels: np.ndarray, classes: int) -> str:

@@ -58,6 +58,7 @@ from activeseg.annotation.masks import MaskNames
 from activeseg.annotation.predict import Segmenter
 from activeseg.annotation.state import (
     DEFAULT_K,
+    MASK_SUFFIX,
     PER_IMAGE,
     TO_ANNOTATE,
     Annotation,
@@ -108,7 +109,8 @@ class Project:
             normalizer=data.get("normalizer", PER_IMAGE),
         )
         self.config: Config = load_yaml(self.root / "config.yaml")
-        self.names = MaskNames.of(self.config.data.labels, self.settings.mask_suffix)
+        labels = self.config.data.labels  # (a multi-class project.json may hold an unused suffix)
+        self.names = MaskNames.of(labels, MASK_SUFFIX if labels else self.settings.mask_suffix)
         self.images = ProjectImages(self.root, self.settings.images, self.config)
 
     # ---- files and state -------------------------------------------------------------
@@ -364,10 +366,12 @@ class Project:
         ``data.labels``) found in ``source`` (default ``to_annotate/``): each is checked
         (readable, the crop's size, two values); good ones are stored and their query files
         move to ``to_annotate/imported/``, bad ones are reported and stay pending.
-        ``suffix`` replaces a binary project's mask suffix."""
+        ``suffix`` replaces a binary project's mask suffix (an error with ``data.labels``)."""
         folder = Path(source) if source is not None else self.to_annotate
         names = self.names
-        if suffix is not None and self.classes == 2:
+        if suffix is not None:
+            if self.config.data.labels:
+                raise UserError(masks.binary_only("--suffix", self.config.data.labels))
             names = dataclasses.replace(names, manual=(suffix,))
         result = queries.ImportResult()
         with self.locked():
