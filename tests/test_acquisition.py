@@ -402,6 +402,24 @@ def test_svgd_mi_prefers_an_uncertain_patch_unlike_the_labelled_ones() -> None:
     np.testing.assert_allclose(weighted, [0.5, 1.0, 0.0], atol=1e-9)
 
 
+def test_svgd_mi_bins_only_pool_and_labelled_intensities() -> None:
+    """Regression: the histogram range came from every patch, so a bright validation or test
+    patch (id 4, never scored nor labelled) squeezed the pool's intensities 0 and 1 into one
+    bin: MI was 0 for all and the ranking fell back to entropy alone (A = B)."""
+    labelled = torch.zeros(1, 4, 4)
+    labelled[:, :, 2:] = 1.0
+    rows = labelled.transpose(1, 2)
+    images = torch.stack([labelled, labelled.clone(), rows, rows.clone()])
+    held_out = torch.cat([images, torch.full((1, 1, 4, 4), 100.0)])  # id 4: val / test
+    scores = np.array([1.0, 1.0, 0.0])  # entropy ties A and B
+    ranked = [
+        NathStrategy().finalize(PoolScores(np.array([1, 2, 3]), scores, np.array([0]), x))
+        for x in (images, held_out)
+    ]
+    np.testing.assert_allclose(ranked[1], ranked[0])
+    np.testing.assert_allclose(ranked[1], [0.0, 1.0, 0.0], atol=1e-9)
+
+
 def test_svgd_mi_without_labelled_patches_or_images() -> None:
     strategy = NathStrategy()
     scores = np.array([1.0, 3.0, 2.0])

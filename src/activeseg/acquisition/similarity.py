@@ -1,9 +1,10 @@
 """Image similarity by mutual information of joint intensity histograms (Nath et al., 2021).
 
-Images are quantised once into ``bins`` equal-width intensity bins over a fixed range (the
-range of the whole image set, so bins mean the same in every image). The joint histogram of
-two equally shaped images counts pixel pairs ``(a[x], b[x])``; all histograms of one image
-against a set of images come from one ``np.bincount`` of precomputed indices.
+Images are quantised once into ``bins`` equal-width intensity bins over a fixed range given
+by the caller, so bins mean the same in every image (``svgd_mi``: the range of its pool and
+labelled patches). The joint histogram of two equally shaped images counts pixel pairs
+``(a[x], b[x])``; all histograms of one image against a set of images come from one
+``np.bincount`` of precomputed indices.
 
 ``MI(a, b) = Σ p(i, j) log(p(i, j) / (p(i) p(j)))`` in nats (``0 log 0 = 0``): ``MI(a, a)``
 is the entropy of ``a``'s histogram, ``MI(a, b) = 0`` when the intensities are independent.

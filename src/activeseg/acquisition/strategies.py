@@ -188,7 +188,8 @@ class NathStrategy:
     ``H``: the per-pixel entropy of the committee-mean prediction, averaged per patch (the
     map and the per-chunk score). ``MI`` (in :meth:`finalize`): the mean over the labelled
     patches of the mutual information between the patch's and the labelled patch's intensity
-    histograms (``bins`` fixed bins over the intensity range of all patches,
+    histograms (``bins`` fixed bins over the intensity range of the pool and labelled patches
+    only: validation and test images must not steer the selection;
     :mod:`activeseg.similarity`) — high for a patch that looks like what is labelled already.
     Both terms are min–max normalised over the pool. Nath et al. compare whole images; here
     the units are the loop's patches.
@@ -209,12 +210,12 @@ class NathStrategy:
     def finalize(self, pool: PoolScores) -> np.ndarray:
         if pool.images is None:
             raise ValueError(f"strategy {self.name} needs the images of the pool")
-        if len(pool.labelled) == 0:
+        if len(pool.labelled) == 0 or len(pool.ids) == 0:
             return min_max(pool.scores)
-        images = pool.images
-        lo, hi = float(images.min()), float(images.max())
-        pooled = quantise(images[pool.ids], self.bins, lo, hi)
-        labelled = quantise(images[np.unique(pool.labelled)], self.bins, lo, hi)
+        pooled, labelled = pool.images[pool.ids], pool.images[np.unique(pool.labelled)]
+        lo = min(float(pooled.min()), float(labelled.min()))
+        hi = max(float(pooled.max()), float(labelled.max()))
+        pooled, labelled = (quantise(x, self.bins, lo, hi) for x in (pooled, labelled))
         mi = mutual_information(pooled, labelled, self.bins).mean(1)
         return min_max(pool.scores) - self.weight * min_max(mi)
 
