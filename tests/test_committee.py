@@ -1,6 +1,7 @@
 """Committees: the SVGD kernel gradient (vectorised = explicit loop = finite difference), the
-bandwidth and its guards, SVGD without repulsion = independent training, committee
-statistics, and on the phantom an SVGD committee as good as an ensemble but diverse."""
+bandwidth (against Liu & Wang's reference formula) and its guards, SVGD without repulsion =
+independent training, committee statistics, and on the phantom an SVGD committee as good as
+an ensemble but diverse."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import math
 from collections.abc import Callable
 from typing import TypeVar
 
+import numpy as np
 import pytest
 import torch
 from conftest import Phantom, make_unet
@@ -87,13 +89,35 @@ def test_repulsive_term_equals_a_finite_difference_of_the_kernel() -> None:
     torch.testing.assert_close(step.repulsive, fd, rtol=1e-6, atol=1e-9)
 
 
-def test_bandwidth_is_the_median_squared_distance_over_log_m_plus_one() -> None:
-    """Points 0, 1, 3 on a line: squared distances 1, 9, 4 -> median 4; h = 4 / log 4."""
+def test_bandwidth_is_the_median_of_the_full_matrix_over_log_m_plus_one() -> None:
+    """Points 0, 1, 3 on a line: the 3 x 3 squared distances hold 0, 0, 0, 1, 1, 4, 4, 9, 9
+    (diagonal included, as Liu & Wang's median of ``squareform(pdist)**2``) -> median 1;
+    h = 1 / log 4, so k(0, 1) = exp(-log 4) = 1/4, k(1, 3) = 4^-4, k(0, 3) = 4^-9."""
     x = torch.tensor([[0.0], [1.0], [3.0]], dtype=torch.float64)
     step = svgd_direction(x, torch.zeros_like(x))
-    assert step.bandwidth == pytest.approx(4 / math.log(4))
-    assert step.kernel[0, 1] == pytest.approx(math.exp(-1 / step.bandwidth))
+    assert step.bandwidth == pytest.approx(1 / math.log(4))
+    expected = torch.tensor(
+        [[1, 4**-1, 4**-9], [4**-1, 1, 4**-4], [4**-9, 4**-4, 1]], dtype=torch.float64
+    )
+    torch.testing.assert_close(step.kernel, expected, rtol=1e-12, atol=0)
     assert step.kernel.dtype == torch.float64
+    # repulsive term of particle 0: (2 / h) Σ_j k_0j (x_0 - x_j) / M
+    push = 2 * math.log(4) * (4**-1 * (0 - 1) + 4**-9 * (0 - 3)) / 3
+    assert float(step.repulsive[0, 0]) == pytest.approx(push, rel=1e-12)
+
+
+@pytest.mark.parametrize("m", [2, 4, 5])
+def test_bandwidth_follows_liu_and_wangs_reference_code(m: int) -> None:
+    """Liu & Wang's ``svgd_kernel``: ``h_ref = sqrt(0.5 np.median(squareform(pdist(θ))**2) /
+    log(M + 1))`` in ``exp(-d² / h_ref² / 2)`` (an even M² averages the two middle values)."""
+    from scipy.spatial.distance import pdist, squareform
+
+    x, score = particles(m=m, d=5, seed=m)
+    sq = squareform(pdist(x.numpy())) ** 2
+    h_ref = np.sqrt(0.5 * np.median(sq) / np.log(m + 1))
+    step = svgd_direction(x, score)
+    assert step.bandwidth == pytest.approx(2 * h_ref**2, rel=1e-12)
+    np.testing.assert_allclose(step.kernel.numpy(), np.exp(-sq / h_ref**2 / 2), rtol=1e-12)
 
 
 def test_zero_bandwidth_is_guarded() -> None:

@@ -157,7 +157,6 @@ def test_3d_settings_are_checked() -> None:
         ({"data.spatial_dims": 2}, "num_classes > 2 needs volumes"),
         ({"data.clip": "5,1"}, "data.clip must be"),
         ({"data.spatial_dims": 4}, "spatial_dims must be 2 or 3"),
-        ({"loop.strategies": "random,svgd_mi"}, "committee strategies .* binary"),
     ]:
         config = with_overrides(base, overrides)
         with pytest.raises(UserError, match=match):

@@ -12,14 +12,27 @@ BatchNorm running statistics are buffers, not particles' coordinates) along
 
 with the RBF kernel ``k(a, b) = exp(-‖a - b‖² / h)``. The first sum (*driving*) pulls each
 particle up the kernel-weighted log-likelihood of its neighbours; the second (*repulsive*,
-``(2/h) Σ_j k_ji (θ_i - θ_j) / M``) pushes particles apart. Bandwidth (the median heuristic of
-Liu & Wang's code): ``h = med / log(M + 1)``, ``med`` the median of the squared distances
-``‖θ_i - θ_j‖²`` over pairs ``i < j``; if ``med`` is 0 (or there is no pair), the mean squared
-distance is used, and if that is 0 too, ``h = 1`` (all distances are then 0 and the kernel is
-1 for any ``h``). Distances and the kernel are computed in float64. The log-likelihood is
-Nath et al.'s "Dice log-likelihood" ``log p(θ) = -log(DiceLoss(θ) + ε)`` on the training batch
-(no prior). Each particle has its own Adam (:func:`activeseg.train.make_optimizer`, as
-every training); ``-φ(θ_i)`` is written into its ``.grad`` so that Adam *ascends* ``φ``.
+``(2/h) Σ_j k_ji (θ_i - θ_j) / M``) pushes particles apart. Bandwidth, the median heuristic
+as Liu & Wang's reference code computes it (``python/svgd.py`` of
+github.com/dilinwang820/Stein-Variational-Gradient-Descent: ``np.median`` of
+``squareform(pdist(theta))**2``, then ``h_ref = sqrt(0.5 med / log(M + 1))`` in
+``exp(-d² / (2 h_ref²))``, i.e. ``h = 2 h_ref²``): ``h = med / log(M + 1)``, ``med`` the
+median (the mean of the two middle values for an even count, as ``np.median``) of the full
+``M × M`` matrix of squared distances ``‖θ_i - θ_j‖²``, its zero diagonal included. Our
+guards, not in the reference: if ``med`` is 0, the mean squared distance over the pairs
+``i < j`` is used, and if that is 0 too (or there is no pair), ``h = 1`` (all distances are
+then 0 and the kernel is 1 for any ``h``). Distances and the kernel are computed in float64.
+The log-likelihood is Nath et al.'s "Dice log-likelihood" ``log p(θ) = -log(DiceLoss(θ) +
+ε)`` on the training batch (no prior), with the Dice of
+:func:`activeseg.train.make_loss` ``("dice", ..., C)``: sigmoid for one channel, for ``C``
+softmax channels MONAI's multi-class Dice (one-hot targets, background excluded, over the
+batch). Each particle has its own Adam (:func:`activeseg.train.make_optimizer`, as every
+training); ``-φ(θ_i)`` is written into its ``.grad`` so that Adam *ascends* ``φ``.
+
+Committees work for any number of classes: members output one sigmoid channel (binary) or
+``C`` softmax channels; the committee's prediction is the members' mean probability,
+labelled as a single network's (threshold, or arg-max over ``C`` channels), and its Dice is
+the mean foreground Dice of :func:`activeseg.metrics.summarize_classes`.
 
 Ensemble members and SVGD particles train the same way, :func:`fit_members`: the M networks
 as one :class:`~activeseg.stacked.Stack` (one loop, one optimiser step for all members),
@@ -40,8 +53,8 @@ from torch import nn
 from activeseg.config import TrainConfig
 from activeseg.console import progress_bar
 from activeseg.errors import UserError
-from activeseg.metrics import confusion, summarize, summarize_classes
-from activeseg.model import probabilities
+from activeseg.metrics import summarize_classes
+from activeseg.model import predicted_labels, probabilities
 from activeseg.runtime import Runtime, derive_seed
 from activeseg.scoring import McStats, Moments, concat
 from activeseg.stacked import (
@@ -89,18 +102,26 @@ def member_probabilities(
 
 
 def disagreement(member_probs: torch.Tensor, threshold: float = 0.5) -> float:
-    """Fraction of pixels where the members' thresholded predictions are not all equal
-    (``member_probs`` ``[M, N, 1, *S]``)."""
-    pred = member_probs >= threshold
-    return float((pred.any(0) & ~pred.all(0)).double().mean())
+    """Fraction of pixels where the members' predicted labels
+    (:func:`~activeseg.model.predicted_labels`: ``p >= threshold`` for one channel, else the
+    arg-max class) are not all equal; ``member_probs`` ``[M, N, C, *S]``."""
+    labels = predicted_labels(member_probs.flatten(0, 1), threshold)
+    labels = labels.unflatten(0, member_probs.shape[:2])  # [M, N, *S]
+    return float((labels != labels[:1]).any(0).double().mean())
 
 
 def committee_dice(
-    models: Sequence[nn.Module], images: torch.Tensor, masks: torch.Tensor, runtime: Runtime
+    models: Sequence[nn.Module],
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    runtime: Runtime,
+    threshold: float = 0.5,
 ) -> float:
-    """Dice (whole set) of the thresholded committee-mean probability."""
+    """Dice (whole set; mean over foreground classes) of the labels predicted from the
+    committee-mean probability of ``images`` ``[N, 1, *S]`` against ``masks`` ``[N, 1, *S]``
+    ({0, 1}, or labels 0 .. C-1)."""
     mean = member_probabilities(models, images, runtime).mean(0)
-    return summarize(confusion(mean >= 0.5, masks >= 0.5))["dice"]
+    return summarize_classes(probability_confusion(mean, masks, threshold))["dice"]
 
 
 # ---------------------------------------------------------------------------- the kernel
@@ -137,13 +158,13 @@ def set_gradients(model: nn.Module, flat: torch.Tensor) -> None:
 
 
 def median_bandwidth(sq_dists: torch.Tensor) -> float:
-    """``h = med / log(M + 1)`` of the squared pairwise distances ``[M, M]`` (``med``: the
-    lower median for an even number of pairs; see the module docstring for the zero
-    guards)."""
+    """``h = med / log(M + 1)`` of the squared distances ``[M, M]``: ``med`` the median of all
+    ``M²`` entries, the zero diagonal included (as Liu & Wang's ``np.median`` of
+    ``squareform(pdist)**2``; see the module docstring for the zero guards)."""
     m = sq_dists.shape[0]
-    pairs = sq_dists[torch.triu_indices(m, m, 1).unbind()]
-    med = float(pairs.median()) if len(pairs) else 0.0
+    med = float(torch.quantile(sq_dists.double().reshape(-1), 0.5)) if m else 0.0
     if not med > 0.0:  # also catches NaN
+        pairs = sq_dists[torch.triu_indices(m, m, 1).unbind()]
         med = float(pairs.mean()) if len(pairs) else 0.0
     if not med > 0.0:
         return 1.0

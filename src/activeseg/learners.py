@@ -45,13 +45,7 @@ from activeseg.committee import (
 )
 from activeseg.config import COMMITTEE_KINDS, Config, from_dict, to_dict
 from activeseg.errors import UserError
-from activeseg.metrics import (
-    confusion,
-    per_item_dice,
-    summarize,
-    summarize_classes,
-    uncertainty_quality,
-)
+from activeseg.metrics import per_item_dice, summarize_classes, uncertainty_quality
 from activeseg.model import output_channels, patch_dropout, seeded_unet
 from activeseg.runtime import Runtime, derive_seed
 from activeseg.scoring import McStats, mc_statistics
@@ -62,6 +56,7 @@ from activeseg.train import (
     evaluate,
     fit,
     predict,
+    probability_confusion,
 )
 
 CHECKPOINT_FORMAT = 2
@@ -274,9 +269,10 @@ class ModelLearner:
 class CommitteeLearner(ModelLearner):
     """A committee of ``committee.members`` networks: ``kind`` ``ensemble`` (independent
     trainings with seeds ``(seed, "member", m)``) or ``svgd`` (particles initialised like the
-    ensemble's members, trained jointly by SVGD). Evaluation thresholds the committee-mean
-    probability and also records each member's test Dice (``test_member_dice``) and the
-    fraction of test pixels where the members' thresholded predictions differ
+    ensemble's members, trained jointly by SVGD), for any number of classes. Evaluation labels
+    the committee-mean probability (threshold, or arg-max of C softmax channels) and also
+    records each member's test Dice (``test_member_dice``, mean over foreground classes) and
+    the fraction of test pixels where the members' predicted labels differ
     (``test_member_disagreement``); statistics are over the members. Committees always train
     from scratch (``train.init = warm`` applies to single networks)."""
 
@@ -331,16 +327,19 @@ class CommitteeLearner(ModelLearner):
         return committee_statistics(self.models, images, self.runtime)
 
     def test_counts(self) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Counts ``[N, K, 4]`` of the committee-mean prediction; each member's test Dice
+        (mean over the K foreground classes) and the members' disagreement as extras."""
         images, masks = self._test()
         threshold = self.config.scoring.threshold
         probs = member_probabilities(self.models, images, self.runtime)
-        target = masks >= 0.5
-        members = [summarize(confusion(p >= threshold, target))["dice"] for p in probs]
+        members = [
+            summarize_classes(probability_confusion(p, masks, threshold))["dice"] for p in probs
+        ]
         extra = {
             "test_member_dice": members,
             "test_member_disagreement": disagreement(probs, threshold),
         }
-        return confusion(probs.mean(0) >= threshold, target)[:, None], extra
+        return probability_confusion(probs.mean(0), masks, threshold), extra
 
 
 def validation_dice(learner: ModelLearner) -> float:

@@ -126,15 +126,9 @@ def get_strategy(name: str, scoring: ScoringConfig | None = None) -> Strategy:
 
 def strategies_of(config: Config) -> list[Strategy]:
     """The strategies of ``config.loop.strategies``, checked against the config before any
-    work starts: committees train binary networks only; max_cover needs K >= k."""
+    work starts: max_cover needs K >= k."""
     out = [get_strategy(name, config.scoring) for name in config.loop.strategies]
     for strategy in out:
-        if strategy.committee is not None and config.data.num_classes != 2:
-            raise UserError(
-                f"strategy {strategy.name}: committee strategies (ensemble, svgd, svgd_mi, "
-                "<name>@<committee>) train binary networks only; for data.num_classes > 2 "
-                "use MC-dropout strategies (e.g. entropy, jsd)"
-            )
         if getattr(strategy, "needs_features", False) and (
             config.scoring.cover_candidates < config.loop.query_size
         ):

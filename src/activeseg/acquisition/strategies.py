@@ -215,8 +215,8 @@ class NathStrategy:
         pooled, labelled = pool.images[pool.ids], pool.images[np.unique(pool.labelled)]
         lo = min(float(pooled.min()), float(labelled.min()))
         hi = max(float(pooled.max()), float(labelled.max()))
-        pooled, labelled = (quantise(x, self.bins, lo, hi) for x in (pooled, labelled))
-        mi = mutual_information(pooled, labelled, self.bins).mean(1)
+        a, b = (quantise(x, self.bins, lo, hi) for x in (pooled, labelled))
+        mi = mutual_information(a, b, self.bins).mean(1)
         return min_max(pool.scores) - self.weight * min_max(mi)
 
 
