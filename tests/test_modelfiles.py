@@ -18,7 +18,9 @@ from activeseg.config import Config, with_overrides
 from activeseg.data.images import read_image, read_mask
 from activeseg.data.patches import Normalizer, tile
 from activeseg.data.phantom import make_phantom
+from activeseg.data.prepare import PER_IMAGE
 from activeseg.data.sources import Sample
+from activeseg.errors import UserError
 from activeseg.learners import LearnerData, ModelLearner, restore
 from activeseg.modelfiles import load_model
 from activeseg.runtime import resolve
@@ -60,7 +62,7 @@ def test_export_a_run_and_predict_without_a_project(
         "iterations": 2,
     }
     saved = torch.load(tiny_run / "checkpoints" / "random-rep0.pt", weights_only=True)
-    assert payload["normalizer"] == saved["normalizer"] and saved["normalizer"]["mode"] == "global"
+    assert payload["normalizer"] == saved["normalizer"] and saved["normalizer"] == PER_IMAGE
     for a, b in zip(payload["models"][0].values(), saved["models"][0].values(), strict=True):
         assert torch.equal(a, b)
     assert main(["export", str(tiny_run), "--out", str(out), "--strategy", "std_edt",
@@ -80,32 +82,38 @@ def test_export_a_run_and_predict_without_a_project(
                  "--uncertainty", "--quiet"]) == 0  # fmt: skip
     assert read_mask(pred / "odd_seg-myelin.png").shape == (90, 100)  # the image's own size
     assert (pred / "odd_uncertainty.tif").is_file()
-    # one window, no blending: the mask is the file's network on the image standardised with
-    # the run's (global) normaliser, thresholded
+    # one window, no blending: the mask is the file's network on the image standardised by
+    # its own mean and std, thresholded
     model = load_model(out, device="cpu")
-    x = Normalizer(payload["normalizer"]["mean"], payload["normalizer"]["std"])(window / 255.0)
+    x = Normalizer.fit(window / 255.0)(window / 255.0)
     expected = model.learner.probabilities(torch.from_numpy(x)[None, None])[0, 0] >= 0.5
     np.testing.assert_array_equal(read_mask(pred / "w_seg-myelin.png"), expected.numpy())
     assert main(["predict", str(tmp_path / "w.png"), "--out", str(pred)]) == 2  # no project
 
 
-def test_a_global_normaliser_is_applied_as_stored(tiny_run: Path) -> None:
-    model = load_model(tiny_run / "checkpoints" / "random-rep0.pt")
+def test_a_model_standardises_each_image_by_its_own_statistics(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    checkpoint = tiny_run / "checkpoints" / "random-rep0.pt"
+    model = load_model(checkpoint)
     image = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
-    norm = model.normalizer
-    np.testing.assert_allclose(
-        model.normalize(image), (image - norm["mean"]) / norm["std"], rtol=1e-5
-    )
-    per_image = dataclasses.replace(model, normalizer={"mode": "per_image"})
-    np.testing.assert_allclose(per_image.normalize(image), Normalizer.fit(image)(image))
+    np.testing.assert_allclose(model.normalize(image), Normalizer.fit(image)(image))
+    np.testing.assert_allclose(model.normalize(image * 0.5 + 0.2), model.normalize(image),
+                               atol=1e-5)  # fmt: skip
+    # a model file from an earlier activeseg, trained with one global normaliser, is refused
+    payload = torch.load(checkpoint, weights_only=True)
+    old = tmp_path / "old.pt"
+    torch.save({**payload, "normalizer": {"mode": "global", "mean": 0.4, "std": 0.2}}, old)
+    with pytest.raises(UserError, match="old.pt: .*one global mean and std.*retrain"):
+        load_model(old)
 
 
 def _held_out_dice(model_file: Path, image: Path, sample: Sample, config: Config) -> float:
     """The Dice of the model file on the patches of ``image`` (``sample``'s mask), built here
-    by hand: the image standardised with the file's normaliser, tiled into its windows."""
+    by hand: the image standardised by its own mean and std, tiled into its windows."""
     payload = torch.load(model_file, weights_only=True)
-    mean, std = payload["normalizer"]["mean"], payload["normalizer"]["std"]
-    normalised = dataclasses.replace(sample, image=Normalizer(mean, std)(read_image(image)))
+    pixels = read_image(image)
+    normalised = dataclasses.replace(sample, image=Normalizer.fit(pixels)(pixels))
     patches = tile([normalised], config.data.patch_size)
     empty = torch.zeros((0, 1, 1, 1))
     runtime = resolve("cpu", "fp32")
@@ -143,7 +151,9 @@ def test_a_project_starts_from_an_exported_model_and_fine_tunes_it(
     )  # exactly
     assert p.config.model == tiny_config.model and p.config.train.init == "warm"
     assert p.settings.normalizer == torch.load(model, weights_only=True)["normalizer"]
-    assert {i.mean for i in p.settings.images} == {p.settings.normalizer["mean"]}
+    for info in p.settings.images:  # each image its own statistics (no resampling here)
+        pixels = read_image(folder / f"{info.name}.png")
+        assert info.mean == pytest.approx(float(pixels.mean()), rel=1e-5)
 
     assert main(["query", str(project), "-k", "2", "--quiet"]) == 0  # with round 0's model
     assert len(p.state().rounds) == 1 and len(p.state().pending) == 2

@@ -166,7 +166,7 @@ def test_3d_settings_are_checked() -> None:
 
 def test_nath_presets_hold_the_paper_values() -> None:
     hip, pan = preset("nath-hippocampus"), preset("nath-pancreas")
-    assert (hip.train.lr, hip.train.batch_size, hip.train.steps, hip.loop.iterations) == (
+    assert (hip.train.lr, hip.train.batch_size, hip.train.steps_for(10), hip.loop.iterations) == (
         1e-3,
         8,
         1500,
@@ -174,12 +174,13 @@ def test_nath_presets_hold_the_paper_values() -> None:
     )
     assert (hip.data.patch_size, hip.data.clip, hip.data.n_initial, hip.data.n_val) == (
         64,
-        (0.0, 2048.0),
+        (0.0, 99.5),  # the paper's [0, 2048] as a per-volume percentile window
         10,
         50,
     )
-    assert hip.loop.query_size == 1 and not hip.train.augment
-    assert (pan.train.lr, pan.train.steps, pan.data.spacing, pan.data.patch_size) == (
+    assert hip.loop.query_size == 1 and not hip.train.augment and hip.data.clip_percentile
+    assert hip.train.loss == pan.train.loss == "dice" and hip.train.schedule == "keras"
+    assert (pan.train.lr, pan.train.steps_for(20), pan.data.spacing, pan.data.patch_size) == (
         4e-4,
         10000,
         4.0,

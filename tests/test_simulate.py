@@ -14,7 +14,6 @@ from conftest import TINY_OVERRIDES
 
 from activeseg.acquisition import strategies_of
 from activeseg.config import Config, load_yaml, validate, with_overrides
-from activeseg.data.patches import Normalizer
 from activeseg.data.prepare import prepare
 from activeseg.errors import UserError
 from activeseg.files import read_records
@@ -72,7 +71,7 @@ def test_records_hold_one_line_per_iteration_with_the_expected_fields(
             assert f"records-{r['strategy']}-rep{r['repetition']}.jsonl" == name
             assert 0.0 <= r["test_dice"] <= 1.0
             assert len(r["test_dice_per_patch"]) == tiny_config.data.n_test
-            assert r["train_steps"] == tiny_config.train.steps
+            assert r["train_steps"] == tiny_config.train.steps_for(r["n_labelled"])
         assert [len(r["selected"]) for r in rows] == [1, 1, 0]
         assert [r["n_labelled"] for r in rows] == [2, 3, 4]
 
@@ -216,7 +215,7 @@ def test_bad_data_leaves_no_run_directory(tiny_config: Config, tmp_path: Path) -
             {"data.patch_size": 30},
             r"data.patch_size 30 must be a multiple of 2\*\*\(model.depth-1\) = 4",
         ),
-        ({"train.loss": "focal"}, "train.loss must be one of dice, wbce, dice_then_wbce"),
+        ({"train.loss": "focal"}, "train.loss must be one of auto, dice, dice_ce, wbce"),
         ({"train.fg_weight": 0}, r"train.fg_weight must be in \(0, 1\)"),
         ({"model.dropout": 1.0}, r"model.dropout must be in \[0, 1\)"),
         ({"scoring.edt": "inside"}, "scoring.edt must be one of border, foreground"),
@@ -239,13 +238,18 @@ def test_invalid_settings_are_rejected_before_the_run_directory_exists(
     assert not (tmp_path / "out").exists()
 
 
-def test_prepare_fits_the_normaliser_on_training_patches_only(tiny_config: Config) -> None:
+def test_prepare_standardises_each_source_image_by_its_own_statistics(
+    tiny_config: Config,
+) -> None:
     data = prepare(tiny_config.data)
-    train = data.split.train
-    assert data.normalizer == Normalizer.fit(data.patches.images[train])
-    assert data.normalizer != Normalizer.fit(data.patches.images)
-    expected = (data.patches.images[:3] - data.normalizer.mean) / data.normalizer.std
-    np.testing.assert_allclose(data.images[:3].numpy(), expected, rtol=1e-5, atol=1e-5)
+    images, source = data.images.numpy(), data.patches.source
+    assert len(np.unique(source)) > 1
+    for k in np.unique(source):  # train, val and test sources alike: no set's statistics leak
+        rows = images[source == k].astype(np.float64)
+        assert abs(rows.mean()) < 1e-4 and abs(rows.std() - 1) < 1e-3
+    raw = data.patches.images[source == source[0]]
+    expected = (raw - raw.mean()) / raw.std()
+    np.testing.assert_allclose(images[source == source[0]], expected, rtol=1e-4, atol=1e-4)
     assert (
         SimulatedOracle(data.masks).reveal(np.array([5, 1])).tolist() == data.masks[[5, 1]].tolist()
     )
@@ -289,7 +293,8 @@ def test_warm_runs_fine_tune_after_iteration_zero_on_their_own_schedule(
     for name, records in warm.items():
         assert [r["init"] for r in records] == ["scratch", "warm", "warm"]
         steps = tiny_config.train.steps_per_epoch
-        assert [r["train_steps"] for r in records] == [tiny_config.train.steps, steps, steps]
+        first = tiny_config.train.steps_for(records[0]["n_labelled"])
+        assert [r["train_steps"] for r in records] == [first, steps, steps]
         assert records[0] == scratch[name][0]  # iteration 0 trains from scratch in both
         assert records[1]["test_dice"] != scratch[name][1]["test_dice"]
     bound = read_records(warm_run / "upper_bound.jsonl")

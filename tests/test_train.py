@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import Phantom, Trained, make_unet
-from monai.losses import DiceLoss
+from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
 from activeseg import train
-from activeseg.config import TrainConfig
+from activeseg.config import Config, TrainConfig, validate, with_overrides
 from activeseg.errors import UserError
 from activeseg.runtime import Runtime, torch_generator
 from activeseg.train import (
@@ -25,6 +26,7 @@ from activeseg.train import (
     evaluate,
     fit,
     make_loss,
+    make_optimizer,
     predict,
 )
 
@@ -123,7 +125,7 @@ def test_the_warm_schedule_replaces_epochs_lr_and_patience() -> None:
     cfg = TrainConfig(epochs=100, lr=1e-2, patience=0, warm_epochs=7, warm_lr=1e-4, warm_patience=2)
     warm = cfg.warm()
     assert (warm.epochs, warm.lr, warm.patience) == (7, 1e-4, 2)
-    assert (warm.batch_size, warm.steps_per_epoch, warm.loss) == (5, 2, "dice")
+    assert (warm.batch_size, warm.steps_per_epoch, warm.loss) == (5, 2, cfg.loss)
 
 
 def test_best_val_dice_is_what_the_returned_model_scores(
@@ -244,7 +246,9 @@ def test_make_loss_gives_the_losses_of_each_half(name: str, first: type, second:
 
 
 def test_unknown_loss_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="train.loss: 'focal' is not one of dice, wbce"):
+    with pytest.raises(
+        UserError, match="train.loss: 'focal' is not one of auto, dice, dice_ce, wbce"
+    ):
         make_loss("focal", 0.3)
 
 
@@ -300,3 +304,82 @@ def test_augment_warps_each_item_differently() -> None:
     images = image.expand(4, 1, 32, 32).clone()
     out, _ = augment(images, (images > 0).float(), torch_generator(3))
     assert len({tuple(item.flatten().tolist()) for item in out}) == 4
+
+
+def learning_rates(cfg: TrainConfig, total: int) -> list[float]:
+    """The learning rate of each of ``total`` steps of :func:`make_optimizer`'s schedule."""
+    optimizer, schedule = make_optimizer([nn.Parameter(torch.zeros(1))], cfg, total)
+    rates = []
+    for _ in range(total):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return rates
+
+
+def test_keras_decay_is_the_papers_time_decay() -> None:
+    cfg = TrainConfig(lr=1e-2, epochs=50)
+    rates = learning_rates(cfg, 100)
+    assert rates[0] == pytest.approx(1e-2)
+    assert rates[99] == pytest.approx(1e-2 / (1 + 99 * 1e-2 / 50))
+
+
+def test_cosine_decays_to_a_hundredth_after_a_linear_warm_up() -> None:
+    cfg = TrainConfig(lr=1e-2, schedule="cosine", warmup_steps=10)
+    rates = learning_rates(cfg, 200)
+    assert rates[:10] == pytest.approx([1e-2 * (i + 1) / 10 for i in range(10)], rel=1e-3)
+    assert max(rates) == pytest.approx(1e-2, rel=1e-3)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:], strict=False))  # then decreasing
+    assert rates[-1] == pytest.approx(1e-4, rel=0.01)  # lr / 100 at the end
+    assert rates[105] == pytest.approx(1e-4 + (1e-2 - 1e-4) / 2, rel=0.01)  # half way
+
+
+def test_poly_is_nnunets_schedule() -> None:
+    rates = learning_rates(TrainConfig(lr=1e-2, schedule="poly"), 100)
+    assert rates[50] == pytest.approx(1e-2 * 0.5**0.9)
+    assert rates[-1] == pytest.approx(1e-2 * 0.01**0.9)
+
+
+def test_training_length_follows_the_labelled_set_within_its_bounds() -> None:
+    cfg = TrainConfig(epochs=40, steps_per_epoch=None, batch_size=16, min_steps=150, max_steps=1000)
+    assert [cfg.steps_for(n) for n in (1, 16, 60, 64, 400, 10_000)] == [
+        150, 150, 160, 160, 1000, 1000
+    ]  # fmt: skip
+    assert TrainConfig(epochs=7, steps_per_epoch=3).steps_for(1000) == 21  # fixed length
+    assert "40 x ceil(N / 16) clamped to [150, 1000]" in cfg.describe_steps()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"train.schedule": "step"}, "train.schedule must be one of keras, cosine, poly"),
+        ({"train.min_steps": 0}, "train.min_steps"),
+        ({"train.min_steps": 10, "train.max_steps": 5}, "train.min_steps"),
+        ({"train.steps_per_epoch": 0}, "train.steps_per_epoch must be >= 1"),
+        ({"train.warmup_steps": -1}, "train.warmup_steps"),
+    ],
+)
+def test_bad_schedules_are_refused(overrides: dict[str, object], match: str) -> None:
+    with pytest.raises(UserError, match=match):
+        validate(with_overrides(Config(), overrides))
+
+
+def test_dice_ce_is_monais_dice_ce_and_auto_picks_it_for_several_classes() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, generator=gen)
+    labels = torch.randint(3, (2, 1, 8, 8), generator=gen).float()
+    expected = DiceCELoss(softmax=True, to_onehot_y=True, include_background=False, batch=True)
+    for name in ("dice_ce", "auto"):
+        first, second = make_loss(name, 0.3, channels=3)
+        assert first is second
+        assert torch.allclose(first(logits, labels), expected(logits, labels))
+    dice_only = make_loss("dice", 0.3, channels=3)[0](logits, labels)
+    assert not torch.allclose(dice_only, expected(logits, labels))
+    binary = (labels > 0).float()
+    one = logits[:, :1]
+    assert torch.allclose(
+        make_loss("dice_ce", 0.3)[0](one, binary),
+        DiceLoss(sigmoid=True, batch=True)(one, binary)
+        + F.binary_cross_entropy_with_logits(one, binary),
+    )
+    assert isinstance(make_loss("auto", 0.3)[0], DiceLoss)  # binary: the paper's Dice

@@ -283,10 +283,10 @@ def fit_members(
         g = generators[0]
         base = int(torch.randint(2**62, (1,), generator=g, device=g.device))
         seed_members(net, [runtime.generator(derive_seed(base, m)) for m in range(m_count)])
+    total = cfg.steps_for(len(train.images))
     optimizer, schedule = make_optimizer(
-        net.parameters(), cfg, ADAM_EPS / m_count if svgd else ADAM_EPS
+        net.parameters(), cfg, total, ADAM_EPS / m_count if svgd else ADAM_EPS
     )  # SVGD: Adam on φ = ∇ log p / M behaves as Adam on ∇ log p
-    total = cfg.steps
     track = _Tracker(models, net, cfg, committee=svgd is not None)
     history: list[dict[str, float]] = []
     losses: tuple[nn.Module, nn.Module] | None = None
@@ -406,7 +406,7 @@ def fit_svgd(
     repulsion: bool = True,
     progress: bool = False,
 ) -> SvgdResult:
-    """Train the particles ``models`` in place by SVGD on ``train`` for ``cfg.steps`` steps
+    """Train the particles ``models`` in place by SVGD on ``train`` for ``cfg.steps_for(N)`` steps
     (:func:`fit_members`: one batch shared by all particles) and load the particles of the
     best committee Dice on ``val``. ``cfg.loss`` is not used: the likelihood is the Dice
     log-likelihood ``-log(DiceLoss + epsilon)``."""

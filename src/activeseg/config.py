@@ -24,7 +24,8 @@ from activeseg.errors import UserError
 SCHEMA_VERSION = 1
 
 # The choices of the settings that name a method (checked by :func:`validate`).
-LOSSES = ("dice", "wbce", "dice_then_wbce")  # train.loss
+LOSSES = ("auto", "dice", "dice_ce", "wbce", "dice_then_wbce")  # train.loss
+SCHEDULES = ("keras", "cosine", "poly")  # train.schedule
 INITS = ("scratch", "warm")  # train.init: how each iteration's model starts
 PRECISIONS = ("auto", "fp32", "bf16")  # train.precision
 EDT_MODES = ("border", "foreground")  # scoring.edt
@@ -98,26 +99,42 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Adam with Keras-style time decay ``lr / (1 + decay * step)``, ``decay = lr / epochs``.
+    """Adam on ``steps_for(N)`` steps for N labelled patches, with a learning-rate schedule.
 
-    ``loss``: ``dice``; ``wbce`` (BCE weighted ``fg_weight`` on myelin, ``1 - fg_weight`` on
-    background; paper 0.3 / 0.7); ``dice_then_wbce`` (first half of the epochs Dice, then wBCE:
-    the paper's "successively"). The weights of the best validation Dice (checked every
-    ``validate_every`` steps and at the end) are kept. ``patience``: stop after this many
-    validations without a better Dice (0: never stop early).
+    Length: ``epochs x steps_per_epoch`` steps (the paper: 3500 x 2 whatever N); with
+    ``steps_per_epoch = None`` an epoch is one pass over the labelled set, ``ceil(N /
+    batch_size)`` steps, so training follows the labelled-set size. The result is clamped to
+    ``[min_steps, max_steps]``.
+
+    ``schedule``: ``keras`` (the paper: time decay ``lr / (1 + decay * step)``, ``decay = lr /
+    epochs``), ``cosine`` (from ``lr`` down to ``lr / 100`` at the last step) or ``poly``
+    (nnU-Net's ``lr * (1 - step / steps) ** 0.9``); the first ``warmup_steps`` steps ramp
+    linearly up to ``lr``.
+
+    ``loss``: ``dice``; ``dice_ce`` (Dice + cross-entropy, MONAI's ``DiceCELoss``); ``wbce``
+    (BCE weighted ``fg_weight`` on foreground, ``1 - fg_weight`` on background; paper 0.3 /
+    0.7); ``dice_then_wbce`` (first half of the steps Dice, then wBCE: the paper's
+    "successively"); ``auto``: ``dice`` for one foreground class (the paper), ``dice_ce`` for
+    several (Dice alone lets a class collapse). The weights of the best validation Dice
+    (checked every ``validate_every`` steps and at the end) are kept. ``patience``: stop after
+    this many validations without a better Dice (0: never stop early).
 
     ``init``: ``scratch`` trains every iteration from a fresh initialisation (the paper);
     ``warm`` fine-tunes the previous iteration's model of the same strategy and repetition with
-    its own shorter schedule ``warm_epochs`` x ``steps_per_epoch`` steps at ``warm_lr``
-    (same time decay), stopping early after ``warm_patience`` validations without a better
-    Dice. Iteration 0 and the whole-pool model always start from scratch.
+    its own shorter schedule (``warm_epochs`` epochs at ``warm_lr``, same length rule and
+    schedule), stopping early after ``warm_patience`` validations without a better Dice.
+    Iteration 0 and the whole-pool model always start from scratch.
     """
 
-    loss: str = "dice"
+    loss: str = "auto"
     fg_weight: float = 0.3
     lr: float = 1e-2
+    schedule: str = "keras"
+    warmup_steps: int = 0
     epochs: int = 3500
-    steps_per_epoch: int = 2
+    steps_per_epoch: int | None = 2  # None: one pass over the labelled set, ceil(N / batch)
+    min_steps: int = 1
+    max_steps: int | None = None
     batch_size: int = 5
     augment: bool = True
     validate_every: int = 50
@@ -129,9 +146,23 @@ class TrainConfig:
     precision: str = "auto"  # fp32 | bf16 | auto (bf16 only where the hardware has it)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
-    @property
-    def steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
+    def steps_for(self, n: int) -> int:
+        """Training steps for ``n`` labelled patches (see the class docstring)."""
+        per_epoch = self.steps_per_epoch
+        if per_epoch is None:
+            per_epoch = max(1, math.ceil(n / self.batch_size))
+        steps = max(self.epochs * per_epoch, self.min_steps)
+        return steps if self.max_steps is None else min(steps, self.max_steps)
+
+    def describe_steps(self) -> str:
+        """The length rule in words, e.g. for the report."""
+        if self.steps_per_epoch is not None:
+            rule = f"{self.epochs * self.steps_per_epoch}"
+        else:
+            rule = f"{self.epochs} x ceil(N / {self.batch_size})"
+        if self.min_steps > 1 or self.max_steps is not None:
+            rule += f" clamped to [{self.min_steps}, {self.max_steps or 'inf'}]"
+        return f"{rule} training steps per model ({self.schedule} schedule, lr {self.lr:g})"
 
     def warm(self) -> TrainConfig:
         """The fine-tuning schedule of ``init=warm`` as a plain schedule."""
@@ -407,8 +438,8 @@ def _volume_checks(config: Config) -> list[Check]:
             "train.augment is for 2D images; set train.augment=false for volumes",
         ),
         (
-            d.num_classes == 2 or train.loss == "dice",
-            f"train.loss={train.loss} is binary only; use train.loss=dice",
+            d.num_classes == 2 or train.loss in ("auto", "dice", "dice_ce"),
+            f"train.loss={train.loss} is binary only; use train.loss=dice_ce (or dice, auto)",
         ),
         (_positive(d.spacing), f"data.spacing must be a positive number of mm, got {d.spacing}"),
         (
@@ -433,8 +464,18 @@ def _model_checks(config: Config) -> list[Check]:
 
 def _train_checks(t: TrainConfig) -> list[Check]:
     return [
-        (t.epochs >= 1 and t.steps_per_epoch >= 1, "train.epochs and train.steps_per_epoch "
-         "must be >= 1"),
+        (
+            t.epochs >= 1 and (t.steps_per_epoch is None or t.steps_per_epoch >= 1),
+            "train.epochs and train.steps_per_epoch must be >= 1 (steps_per_epoch none: one "
+            "pass over the labelled set)",
+        ),
+        (
+            t.min_steps >= 1 and (t.max_steps is None or t.max_steps >= t.min_steps),
+            f"train.min_steps ({t.min_steps}) must be >= 1 and <= train.max_steps "
+            f"({t.max_steps})",
+        ),
+        (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
+        _choice(t.schedule, "train.schedule", SCHEDULES),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (t.validate_every >= 1, "train.validate_every must be >= 1"),
         _choice(t.loss, "train.loss", LOSSES),

@@ -44,6 +44,7 @@ from activeseg.committee import (
     member_probabilities,
 )
 from activeseg.config import COMMITTEE_KINDS, Config, from_dict, to_dict
+from activeseg.data.prepare import PER_IMAGE
 from activeseg.errors import UserError
 from activeseg.metrics import per_item_dice, summarize_classes, uncertainty_quality
 from activeseg.model import output_channels, patch_dropout, seeded_unet
@@ -396,6 +397,11 @@ def read_checkpoint(payload: dict[str, Any], where: str) -> tuple[Config, dict[s
         raise UserError(
             f"{where} is not an activeseg checkpoint of format {CHECKPOINT_FORMAT} (written "
             "by another version of activeseg?); retrain or export it again"
+        )
+    if payload.get("normalizer") != PER_IMAGE:
+        raise UserError(
+            f"{where}: its model was trained on inputs standardised by one global mean and std "
+            "(an earlier activeseg); models now standardise each image by its own: retrain it"
         )
     return from_dict(payload["config"], where), payload
 

@@ -12,16 +12,16 @@ import copy
 import functools
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceLoss
+from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
-from activeseg.config import LOSSES, TrainConfig
+from activeseg.config import LOSSES, SCHEDULES, TrainConfig
 from activeseg.console import progress_bar
 from activeseg.errors import TrainingDiverged, UserError
 from activeseg.metrics import confusion, summarize_classes
@@ -55,18 +55,28 @@ class Labelled(NamedTuple):
 def make_loss(name: str, fg_weight: float, channels: int = 1) -> tuple[nn.Module, nn.Module]:
     """Losses for the first and second half of training (equal unless ``dice_then_wbce``).
 
-    Dice is MONAI's ``DiceLoss`` over the whole batch (``batch=True``: patches without myelin
-    do not produce a degenerate per-item Dice), on sigmoid probabilities of one channel; for
-    ``channels`` > 1 (multi-class logits, targets are labels ``[B, 1, *S]``) on softmax
-    probabilities of the foreground classes (background excluded, as in the binary case).
+    ``name`` is a :data:`~activeseg.config.LOSSES` choice (``auto``: ``dice_ce`` for
+    several foreground classes, else ``dice``). Dice is MONAI's ``DiceLoss`` over the
+    whole batch (``batch=True``: patches without foreground do not produce a degenerate
+    per-item Dice), on sigmoid probabilities of one channel; for ``channels`` > 1
+    (multi-class logits, targets are labels ``[B, 1, *S]``) on softmax probabilities of the
+    foreground classes (background excluded, as in the binary case). ``dice_ce`` adds MONAI's
+    cross-entropy term (binary: BCE) with equal weight (``DiceCELoss``).
     """
+    if name == "auto":
+        name = "dice_ce" if channels > 2 else "dice"
     if name not in LOSSES:
         raise UserError(f"train.loss: {name!r} is not one of {', '.join(LOSSES)}")
     if channels > 1:
-        if name != "dice":
-            raise UserError(f"train.loss={name} is binary only; use train.loss=dice")
-        multi = DiceLoss(softmax=True, to_onehot_y=True, include_background=False, batch=True)
+        if name in ("dice", "dice_ce"):
+            kind = DiceLoss if name == "dice" else DiceCELoss
+            multi = kind(softmax=True, to_onehot_y=True, include_background=False, batch=True)
+        else:
+            raise UserError(f"train.loss={name} is binary only; use train.loss=dice_ce")
         return multi, multi
+    if name == "dice_ce":
+        both = DiceCELoss(sigmoid=True, batch=True)
+        return both, both
     dice = DiceLoss(sigmoid=True, batch=True)
     wbce = WeightedBCE(fg_weight)
     first = wbce if name == "wbce" else dice
@@ -115,15 +125,40 @@ ADAM_EPS = 1e-8  # torch's default
 
 
 def make_optimizer(
-    params: Iterable[nn.Parameter], cfg: TrainConfig, eps: float = ADAM_EPS
+    params: Iterable[nn.Parameter], cfg: TrainConfig, total: int, eps: float = ADAM_EPS
 ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LRScheduler]:
-    """Adam (fused: one kernel per step) on ``params`` and its learning-rate schedule, to be
-    stepped once per update: Keras time decay ``lr / (1 + decay * step)``, ``decay = lr /
-    epochs``. The one optimiser of every training (:func:`fit` and the SVGD particles)."""
+    """Adam (fused: one kernel per step) on ``params`` and its learning-rate schedule over
+    ``total`` steps, to be stepped once per update (``cfg.schedule``, see
+    :class:`~activeseg.config.TrainConfig`). The one optimiser of every training
+    (:func:`fit` and the committees)."""
     optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=eps, fused=True)
-    decay = cfg.lr / max(cfg.epochs, 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1.0 + decay * step))
-    return optimizer, schedule
+    warmup = min(cfg.warmup_steps, max(total - 1, 0))
+    shape = schedule_factor(cfg.schedule, cfg.lr / max(cfg.epochs, 1), max(total - warmup, 1))
+
+    def factor(step: int) -> float:  # linear warm-up, then the schedule over the rest
+        return (step + 1) / warmup if step < warmup else shape(step - warmup)
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+COSINE_FLOOR = 0.01  # the cosine schedule ends at lr * COSINE_FLOOR
+POLY_EXPONENT = 0.9  # nnU-Net's
+
+
+def schedule_factor(name: str, decay: float, total: int) -> Callable[[int], float]:
+    """The multiplier of the learning rate at step 0, 1, ... of a ``total``-step training:
+    ``keras`` ``1 / (1 + decay * step)``; ``cosine`` from 1 down to :data:`COSINE_FLOOR` at
+    ``step = total``; ``poly`` ``(1 - step / total) ** 0.9`` (floored at 0)."""
+    if name == "keras":
+        return lambda step: 1.0 / (1.0 + decay * step)
+    if name == "cosine":
+        return lambda step: (
+            COSINE_FLOOR
+            + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        )
+    if name == "poly":
+        return lambda step: max(0.0, 1 - step / total) ** POLY_EXPONENT
+    raise UserError(f"train.schedule: {name!r} is not one of {', '.join(SCHEDULES)}")
 
 
 class BestState:
@@ -228,8 +263,8 @@ def fit(
         raise UserError("no labelled patches to train on")
     start = time.perf_counter()
     runtime.place(model)
-    optimizer, schedule = make_optimizer(model.parameters(), cfg)
-    total = cfg.steps
+    total = cfg.steps_for(len(train.images))
+    optimizer, schedule = make_optimizer(model.parameters(), cfg, total)
     best = BestState([model])
     history: list[tuple[int, float, float]] = []
     batches = training_batches(train, cfg, runtime, generator)

@@ -125,7 +125,7 @@ def init_project(
             f"native size, not resampled to {config.data.pixel_size} µm; give --pixel-size",
             stacklevel=2,
         )
-    normalizer = dict(payload["normalizer"]) if payload is not None else dict(PER_IMAGE)
+    normalizer = dict(PER_IMAGE)
     root.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(root / "project.lock")
     try:
@@ -199,17 +199,13 @@ def adopted_config(base: Config, model: Config, overrides: dict[str, Any], where
 def _copy_image(
     root: Path, f: ImageFile, holdout: bool, config: Config, normalizer: dict[str, Any]
 ) -> ProjectImage:
-    """Copy ``f`` into ``root/images/`` and give it its normaliser: the global one of a
-    ``normalizer`` of mode ``global``, else its own at the model's pixel size."""
+    """Copy ``f`` into ``root/images/`` and give it its normaliser, its own statistics at
+    the model's pixel size."""
     name = f"images/{f.name}{split_name(f.path)[1]}"
     atomic_write_bytes(root / name, f.path.read_bytes())
-    if normalizer.get("mode") == "global":
-        mean, std = float(normalizer["mean"]), float(normalizer["std"])
-    else:
-        d = config.data
-        norm = image_normalizer(read_image(f.path, d.channel), f.pixel_size, d.pixel_size)
-        mean, std = norm.mean, norm.std
-    return ProjectImage(f.name, name, f.pixel_size, mean, std, holdout)
+    d = config.data
+    norm = image_normalizer(read_image(f.path, d.channel), f.pixel_size, d.pixel_size)
+    return ProjectImage(f.name, name, f.pixel_size, norm.mean, norm.std, holdout)
 
 
 def _match_masks(

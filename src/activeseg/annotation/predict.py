@@ -1,8 +1,7 @@
 """Segmenting whole images of any size: sliding-window inference with Gaussian blending.
 
 An image is resampled to the model's pixel size, normalised as the model's inputs were (its
-checkpoint's normaliser: each image by its own mean and std for a project's model, the
-training set's mean and std for a simulation's) and cut into overlapping ``patch_size``
+own mean and std, as every model's inputs are) and cut into overlapping ``patch_size``
 windows by MONAI's ``sliding_window_inference``; the window outputs are blended with a
 Gaussian weight (window borders, where a U-Net sees the least context, count least) and
 resized back to the image's own pixels. Images smaller than a window are padded by edge
@@ -62,8 +61,8 @@ class Window:
 @dataclass(frozen=True)
 class Segmenter:
     """A trained ``learner`` with what whole images need: its ``config`` (pixel size, window
-    size, threshold, class names, channel) and ``normalizer`` (the checkpoint's:
-    ``{"mode": "per_image"}`` or ``{"mode": "global", "mean", "std"}``)."""
+    size, threshold, class names, channel) and ``normalizer`` (the checkpoint's,
+    :data:`~activeseg.data.prepare.PER_IMAGE`: each image by its own mean and std)."""
 
     learner: ModelLearner
     config: Config
@@ -71,8 +70,6 @@ class Segmenter:
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
         """``image`` ``[H, W]`` at the model's pixel size, standardised as its inputs were."""
-        if self.normalizer.get("mode") == "global":
-            return Normalizer(float(self.normalizer["mean"]), float(self.normalizer["std"]))(image)
         return Normalizer.fit(image)(image)
 
 

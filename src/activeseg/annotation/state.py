@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from activeseg.data.patches import Normalizer
+from activeseg.data.prepare import PER_IMAGE
 from activeseg.errors import UserError
 
 PROJECT_SCHEMA = 1
@@ -27,8 +28,6 @@ HEATMAP_SUFFIX = "_uncertainty"
 DEFAULT_K = 4
 """Regions per query when ``-k`` is not given."""
 TO_ANNOTATE = "to_annotate"
-PER_IMAGE = {"mode": "per_image"}
-"""The normalisation of project models by default: each image by its own statistics."""
 
 
 @dataclass(frozen=True)

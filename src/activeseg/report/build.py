@@ -107,7 +107,7 @@ def _meta(run: Run, data: Prepared | None) -> list[str]:
         f"{len(s['val'])}, test {len(s['test'])} patches.",
         f"Strategies {', '.join(c.loop.strategies)}; {c.loop.repetitions} repetitions x "
         f"{c.loop.iterations} iterations, k = {c.loop.query_size} per query; "
-        f"{c.train.steps} training steps per model; {c.scoring.mc_samples} MC samples.",
+        f"{c.train.describe_steps()}; {c.scoring.mc_samples} MC samples.",
         f"Status: {status} — every strategy has {done} of {total} iterations in "
         f"{len(reps)} of {c.loop.repetitions} repetitions; upper bound: "
         f"{len(run.upper_bound)} repetitions. activeseg {__version__}.",

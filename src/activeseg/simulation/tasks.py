@@ -31,7 +31,7 @@ from activeseg.acquisition import Strategy, get_selection, get_strategy
 from activeseg.acquisition.registry import StrategyFactory, register_all
 from activeseg.config import Config, DataConfig
 from activeseg.console import LOG_FILE, LogFile, tee
-from activeseg.data.prepare import Prepared, prepare
+from activeseg.data.prepare import PER_IMAGE, Prepared, prepare
 from activeseg.errors import TrainingDiverged, UserError
 from activeseg.learners import (
     LearnerData,
@@ -205,14 +205,13 @@ def run_strategy(
     warm = strategy.committee is None  # committees always train from scratch
     learner.start(_warm_weights(run, config, name, rep, len(records)) if warm else None)
     sink = _MapsSink(run, name, rep, lc.save_maps)
-    normalizer = {"mode": "global", "mean": data.normalizer.mean, "std": data.normalizer.std}
 
     def persist(it: loop.Iteration) -> None:
         """Maps first (already streamed), then the checkpoint, the record last: a crash
         before the record only repeats the iteration, rewriting the same files."""
         sink.commit()
         i = it.record["iteration"]
-        payload = checkpoint(learner, normalizer, iteration=i, warm_from=learner.started_from)
+        payload = checkpoint(learner, PER_IMAGE, iteration=i, warm_from=learner.started_from)
         run.save_checkpoint(name, rep, payload)
         threads = torch.get_num_threads()  # results depend on it in the last bits
         run.append_record(
