@@ -49,6 +49,7 @@ def test_data_labels_sets_the_classes_and_is_checked() -> None:
         ({"data.num_classes": 3}, "2D images, the classes by name"),
         ({"data.labels": "axon,axon"}, "distinct names"),
         ({"data.labels": "axon,my elin"}, "letters and digits"),
+        ({"data.labels": "axon,myelin", "data.label_suffix": "seg-ax"}, "leave data.label_suffix"),
     ]:
         with pytest.raises(UserError, match=match):
             validate(with_overrides(preset("cpu"), overrides))

@@ -429,6 +429,11 @@ def _volume_checks(config: Config) -> list[Check]:
             "(volumes take their classes from the label files: leave data.labels empty)",
         ),
         (
+            not d.labels or d.label_suffix == DataConfig.label_suffix,
+            f"data.label_suffix ({d.label_suffix}) is for one binary mask; with data.labels "
+            "the masks are <stem>_seg-<label>-manual: leave data.label_suffix out",
+        ),
+        (
             len(set(d.labels)) == len(d.labels)
             and all(name and name.replace("_", "").isalnum() for name in d.labels),
             f"data.labels must be distinct names of letters and digits, got {d.labels}",
