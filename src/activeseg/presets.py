@@ -36,7 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "data.pixel_size": 0.2,
         "data.patch_size": 64,
-        "data.n_initial": 5,
+        "data.n_initial": 2,
         "data.n_val": 40,
         "data.n_test": 80,
         "data.n_pool": None,
