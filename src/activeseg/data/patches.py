@@ -3,12 +3,14 @@
 Conventions: images are float32 in [0, 1], masks uint8 with 1 = foreground; shapes are
 ``[H, W]`` for a source image and ``[N, 1, P, P]`` for a patch set; pixel sizes are in µm.
 
-Order of use (never fit anything on val/test)::
+Order of use::
 
     samples = [resample(s, pixel_size) for s in samples]
     patches = tile(samples, patch_size)
     split = split_by_source(patches, n_initial, n_val, n_test, n_pool, seed)
-    norm = Normalizer.fit(patches.images[split.train])
+
+then each source's patches are standardised by their own statistics
+(:func:`activeseg.data.prepare.standardize_sources`), so no set's statistics reach another.
 """
 
 from __future__ import annotations
@@ -384,8 +386,8 @@ def sources_needed(per_source: int, n_initial: int, n_val: int, n_test: int, n_p
 class Normalizer:
     """Intensity standardisation ``(x - mean) / std``.
 
-    Fit it on the training-source patches only (``patches.images[split.train]``, i.e.
-    initial + pool), never on val or test patches, or their statistics leak into training.
+    activeseg fits one per image (or volume) on that image alone
+    (:mod:`activeseg.data.prepare`).
     """
 
     mean: float
