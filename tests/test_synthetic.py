@@ -69,15 +69,21 @@ def test_the_cpu_preset_renders_at_its_pixel_and_patch_size() -> None:
     data = prepare(cfg)
     assert data.patches.pixel_size == cfg.pixel_size == 0.2
     assert data.images.shape[1:] == (1, cfg.patch_size, cfg.patch_size)
-    sizes = [len(getattr(data.split, k)) for k in ("initial", "pool", "val", "test")]
-    assert sizes == [cfg.n_initial, cfg.n_pool, cfg.n_val, cfg.n_test]
+    sizes = [len(getattr(data.split, k)) for k in ("initial", "val", "test")]
+    assert sizes == [cfg.n_initial, cfg.n_val, cfg.n_test]
+    # n_pool = none ("every remaining patch"): the phantom holds at least n_val + n_test
+    assert cfg.n_pool is None and len(data.split.pool) >= cfg.n_val + cfg.n_test
 
 
 def test_a_given_pixel_size_is_rendered_then_resampled() -> None:
     """``--pixel-size 0.1`` with the cpu preset: 0.1 µm images resampled to 0.2 µm, so each
-    256-px image holds one 128-px patch and more images are made."""
+    256-px image holds (128 // patch_size)² patches, and as many images are made as the
+    split needs."""
     cfg = _synthetic("cpu", **{"data.source_pixel_size": 0.1})
-    assert phantom_layout(cfg) == (5 + 40 + 10 + 20, 256, 0.1)
+    per_image = (128 // cfg.patch_size) ** 2
+    pool = cfg.n_val + cfg.n_test  # n_pool = none
+    needed = sources_needed(per_image, cfg.n_initial, cfg.n_val, cfg.n_test, pool)
+    assert phantom_layout(cfg) == (needed, 256, 0.1) and needed > 12
 
 
 def test_the_demo_keeps_the_default_phantom() -> None:
@@ -111,4 +117,5 @@ def test_simulate_synthetic_with_the_cpu_preset_runs(tmp_path: Path) -> None:
             "--set", "train.batch_size=2"]  # fmt: skip
     assert main(argv) == 0
     records = read_records(out / "records-std_edt-rep0.jsonl")
-    assert [r["n_labelled"] for r in records] == [5, 6, 7]
+    first = preset("cpu").data.n_initial
+    assert [r["n_labelled"] for r in records] == [first, first + 1, first + 2]
