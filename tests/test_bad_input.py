@@ -268,7 +268,7 @@ def _out_is_a_file(out: Path) -> None:
 
 FOREIGN: list[tuple[str, Callable[[Path], None], str]] = [
     ("older config schema", _older_schema, "config schema 0 is not 1; .*start a new run"),
-    ("other settings", _other_settings, r"written with other settings \(.*train.warmup_steps: 10 -> 0"),
+    ("other settings", _other_settings, r"written with other settings \(.*warmup_steps: 10 -> 0"),
     ("not a config", _not_a_config, "is not a config mapping"),
     ("foreign folder", _foreign_folder, "holds no activeseg run .* choose a new or empty --out"),
     ("--out is a file", _out_is_a_file, "cannot create the run directory"),
