@@ -46,9 +46,10 @@ def _text(html: str) -> str:
 
 def test_the_header_describes_pixel_sizes_as_prepared() -> None:
     d = preset("cpu").data  # data.pixel_size = 0.2
-    assert describe_patches(d, ((0.2,), (0.2,))) == "128-pixel patches at 0.2 µm/pixel"
+    side = f"{d.patch_size}-pixel patches"
+    assert describe_patches(d, ((0.2,), (0.2,))) == f"{side} at 0.2 µm/pixel"
     unknown = describe_patches(d, (None, None))
-    assert unknown.startswith("128-pixel patches at native pixel size (unknown")
+    assert unknown.startswith(f"{side} at native pixel size (unknown")
     assert "0.2" not in unknown
     mixed = describe_patches(d, ((0.2,), None, (0.2,)))
     assert "at 0.2 µm/pixel for 2 images; 1 of 3 images at native pixel size (unknown" in mixed
