@@ -155,6 +155,9 @@ def test_bad_init_input_leaves_nothing_and_names_the_problem(
     assert "--holdout pool-0: a held-out image needs a mask" in capsys.readouterr().err
     assert _tiny(data, tmp_path / "p", "--holdout", "nope") == 2
     assert "--holdout nope: no such image" in capsys.readouterr().err
+    volumes = ("--set", "data.spatial_dims=3", "--set", "train.augment=false")
+    assert _tiny(data, tmp_path / "p", *volumes) == 2  # was accepted, then query crashed
+    assert "data.spatial_dims=3: projects annotate 2D images only" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
     assert main(["status", str(tmp_path / "p")]) == 2
     assert "is not an activeseg project" in capsys.readouterr().err

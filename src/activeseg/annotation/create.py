@@ -84,6 +84,12 @@ def init_project(
         initial = base or preset(preset_name)
         config = adopted_config(initial, model_config, overrides or {}, Path(model))
     validate(config)
+    if config.data.spatial_dims != 2:
+        raise UserError(
+            f"data.spatial_dims={config.data.spatial_dims}: projects annotate 2D images only "
+            "(a 3D U-Net cannot score their windows); use --set data.spatial_dims=2, or "
+            "`activeseg simulate` for volumes"
+        )
     get_strategy(strategy, config.scoring)
     names = MaskNames.of(config.data.labels, mask_suffix)
     skip = (*names.manual, *names.pred, *MASK_SUFFIXES, HEATMAP_SUFFIX)
