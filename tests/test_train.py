@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from torch import nn
 from activeseg import train
 from activeseg.config import Config, TrainConfig, validate, with_overrides
 from activeseg.errors import UserError
+from activeseg.presets import preset
 from activeseg.runtime import Runtime, torch_generator
 from activeseg.train import (
     Labelled,
@@ -126,6 +128,42 @@ def test_the_warm_schedule_replaces_epochs_lr_and_patience() -> None:
     warm = cfg.warm()
     assert (warm.epochs, warm.lr, warm.patience) == (7, 1e-4, 2)
     assert (warm.batch_size, warm.steps_per_epoch, warm.loss) == (5, 2, cfg.loss)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TrainConfig(epochs=40, warm_epochs=15, steps_per_epoch=None, batch_size=16, min_steps=150,
+                    max_steps=1000),
+        TrainConfig(epochs=60, warm_epochs=7, steps_per_epoch=None, batch_size=4, min_steps=200),
+        TrainConfig(epochs=10, warm_epochs=3, steps_per_epoch=2, min_steps=7, max_steps=9),
+        TrainConfig(epochs=3500, warm_epochs=500),  # the paper's defaults
+    ],
+)  # fmt: skip
+def test_the_warm_schedule_is_its_fraction_of_a_fresh_training_for_every_n(
+    cfg: TrainConfig,
+) -> None:
+    warm = cfg.warm()
+    for n in (1, 5, 16, 17, 60, 100, 159, 400, 10_000):
+        fresh = cfg.steps_for(n)
+        assert warm.steps_for(n) == math.ceil(fresh * cfg.warm_epochs / cfg.epochs), n
+
+
+def test_the_warm_bounds_scale_by_warm_epochs_over_epochs_rounded_up() -> None:
+    cfg = TrainConfig(epochs=40, warm_epochs=15, steps_per_epoch=None, batch_size=16,
+                      min_steps=150, max_steps=1000)  # fmt: skip
+    warm = cfg.warm()
+    assert (warm.min_steps, warm.max_steps) == (57, 375)  # 56.25 rounded up, 375 exactly
+    assert [warm.steps_for(n) for n in (2, 64, 96, 10_000)] == [57, 60, 90, 375]
+    assert TrainConfig(epochs=3500, warm_epochs=500).warm().min_steps == 1  # 1/7 -> 1
+
+
+def test_the_cpu_presets_warm_schedule_is_shorter_than_a_fresh_one() -> None:
+    cfg = replace(preset("cpu").train, init="warm")
+    for n in (2, 10, 50, 160, 1000):
+        assert cfg.warm().steps_for(n) < cfg.steps_for(n)
+    rule = f"warm iterations fine-tune {cfg.warm_epochs}/{cfg.epochs} of that at lr"
+    assert rule in cfg.describe_steps()
 
 
 def test_best_val_dice_is_what_the_returned_model_scores(

@@ -121,9 +121,10 @@ class TrainConfig:
 
     ``init``: ``scratch`` trains every iteration from a fresh initialisation (the paper);
     ``warm`` fine-tunes the previous iteration's model of the same strategy and repetition with
-    its own shorter schedule (``warm_epochs`` epochs at ``warm_lr``, same length rule and
-    schedule), stopping early after ``warm_patience`` validations without a better Dice.
-    Iteration 0 and the whole-pool model always start from scratch.
+    its own shorter schedule (:meth:`warm`: the fraction ``warm_epochs / epochs`` of a fresh
+    training's steps for every N, at ``warm_lr``, same schedule), stopping early after
+    ``warm_patience`` validations without a better Dice. Iteration 0 and the whole-pool model
+    always start from scratch.
     """
 
     loss: str = "auto"
@@ -162,11 +163,31 @@ class TrainConfig:
             rule = f"{self.epochs} x ceil(N / {self.batch_size})"
         if self.min_steps > 1 or self.max_steps is not None:
             rule += f" clamped to [{self.min_steps}, {self.max_steps or 'inf'}]"
-        return f"{rule} training steps per model ({self.schedule} schedule, lr {self.lr:g})"
+        text = f"{rule} training steps per model ({self.schedule} schedule, lr {self.lr:g})"
+        if self.init == "warm":
+            text += f"; warm iterations fine-tune {self.warm_epochs}/{self.epochs} of that"
+            text += f" at lr {self.warm_lr:g}"
+        return text
 
     def warm(self) -> TrainConfig:
-        """The fine-tuning schedule of ``init=warm`` as a plain schedule."""
-        return replace(self, epochs=self.warm_epochs, lr=self.warm_lr, patience=self.warm_patience)
+        """The fine-tuning schedule of ``init=warm`` as a plain schedule.
+
+        For every N its length is the fraction ``warm_epochs / epochs`` of a fresh training,
+        rounded up: ``min_steps`` and ``max_steps`` scale with the epochs (unscaled, a 150-step
+        minimum made fine-tuning as long as a fresh training on small labelled sets).
+        """
+
+        def scaled(steps: int) -> int:  # ceil(steps * warm_epochs / epochs) >= 1, in integers
+            return -(-steps * self.warm_epochs // self.epochs)
+
+        return replace(
+            self,
+            epochs=self.warm_epochs,
+            lr=self.warm_lr,
+            patience=self.warm_patience,
+            min_steps=scaled(self.min_steps),
+            max_steps=None if self.max_steps is None else scaled(self.max_steps),
+        )
 
 
 @dataclass(frozen=True)
