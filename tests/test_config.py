@@ -85,6 +85,13 @@ def test_every_preset_is_a_valid_run_config(name: str) -> None:
     validate(preset(name))  # raises UserError if, e.g., iterations x k exceed the pool
 
 
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_presets_warm_schedule_is_shorter_than_a_fresh_training(name: str) -> None:
+    train = preset(name).train  # (the default warm_epochs = 500 suits only long trainings)
+    for n in (1, 2, 5, 17, 48, 64, 160, 1000):
+        assert train.warm().steps_for(n) < train.steps_for(n), n
+
+
 def test_unknown_preset_names_the_choices() -> None:
     with pytest.raises(UserError, match="unknown preset 'nope'.*paper-sbem"):
         preset("nope")

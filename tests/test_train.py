@@ -19,7 +19,6 @@ from torch import nn
 from activeseg import train
 from activeseg.config import Config, TrainConfig, validate, with_overrides
 from activeseg.errors import UserError
-from activeseg.presets import preset
 from activeseg.runtime import Runtime, torch_generator
 from activeseg.train import (
     Labelled,
@@ -158,12 +157,13 @@ def test_the_warm_bounds_scale_by_warm_epochs_over_epochs_rounded_up() -> None:
     assert TrainConfig(epochs=3500, warm_epochs=500).warm().min_steps == 1  # 1/7 -> 1
 
 
-def test_the_cpu_presets_warm_schedule_is_shorter_than_a_fresh_one() -> None:
-    cfg = replace(preset("cpu").train, init="warm")
-    for n in (2, 10, 50, 160, 1000):
-        assert cfg.warm().steps_for(n) < cfg.steps_for(n)
-    rule = f"warm iterations fine-tune {cfg.warm_epochs}/{cfg.epochs} of that at lr"
-    assert rule in cfg.describe_steps()
+def test_describe_steps_names_the_warm_fraction_only_for_warm_runs() -> None:
+    cfg = TrainConfig(epochs=40, warm_epochs=12, warm_lr=1e-3)
+    assert "fine-tune" not in cfg.describe_steps()
+    assert (
+        "; warm iterations fine-tune 12/40 of that at lr 0.001"
+        in replace(cfg, init="warm").describe_steps()
+    )
 
 
 def test_best_val_dice_is_what_the_returned_model_scores(
