@@ -17,11 +17,11 @@ from activeseg.config import (
     parse_assignments,
     save_yaml,
     to_dict,
-    validate,
     with_overrides,
 )
 from activeseg.errors import UserError
 from activeseg.presets import PRESETS, preset
+from activeseg.validation import validate
 
 # Paper values (Lubrano di Scandalea et al., Tables II and III), field by field.
 PAPER_COMMON: dict[str, Any] = {

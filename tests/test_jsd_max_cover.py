@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from activeseg.acquisition import MaxCoverStrategy, PoolScores, get_strategy, strategies_of
-from activeseg.config import ScoringConfig, validate, with_overrides
+from activeseg.config import ScoringConfig, with_overrides
 from activeseg.errors import UserError
 from activeseg.loop import LoopState, run
 from activeseg.presets import preset
 from activeseg.runtime import numpy_generator
 from activeseg.scoring import McStats, Moments, class_probabilities, entropy
+from activeseg.validation import validate
 
 
 def _stats(members: torch.Tensor) -> McStats:

@@ -18,7 +18,7 @@ from PIL import Image
 from activeseg.annotation import Project
 from activeseg.annotation.masks import MaskNames
 from activeseg.cli import main
-from activeseg.config import validate, with_overrides
+from activeseg.config import with_overrides
 from activeseg.data.images import read_labels, read_mask
 from activeseg.data.patches import resize_labels
 from activeseg.data.phantom import make_phantom
@@ -31,6 +31,7 @@ from activeseg.report.verdict import count_axons
 from activeseg.runtime import torch_generator
 from activeseg.simulation import simulate
 from activeseg.train import augment
+from activeseg.validation import validate
 
 REAL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "data_axondeepseg_sem"
 AXON, MYELIN = 1, 2

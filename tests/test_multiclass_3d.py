@@ -13,7 +13,7 @@ from conftest import TINY_3D
 from torch import nn
 
 from activeseg.acquisition import strategies_of
-from activeseg.config import validate, with_overrides
+from activeseg.config import with_overrides
 from activeseg.data.patches import Normalizer, split_by_source
 from activeseg.data.volume_phantom import make_volume_phantom
 from activeseg.data.volumes import volume_patches
@@ -25,6 +25,7 @@ from activeseg.runtime import Runtime, torch_generator
 from activeseg.scoring import mc_statistics
 from activeseg.simulation import simulate
 from activeseg.train import Labelled, class_confusion_counts, evaluate, fit, make_loss
+from activeseg.validation import validate
 
 
 def _unet3d(seed: int = 0, out_channels: int = 3, base_filters: int = 4) -> UNet:

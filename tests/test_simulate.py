@@ -13,7 +13,7 @@ import torch
 from conftest import TINY_OVERRIDES
 
 from activeseg.acquisition import strategies_of
-from activeseg.config import Config, load_yaml, validate, with_overrides
+from activeseg.config import Config, load_yaml, with_overrides
 from activeseg.data.prepare import prepare
 from activeseg.errors import UserError
 from activeseg.files import read_records
@@ -23,6 +23,7 @@ from activeseg.runtime import resolve
 from activeseg.simulation import simulate
 from activeseg.simulation.rundir import RunDirectory
 from activeseg.simulation.tasks import SimulatedOracle, learner_data
+from activeseg.validation import validate
 
 
 def run_quietly(config: Config, out: Path, resume: bool = False) -> Path:

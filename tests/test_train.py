@@ -17,7 +17,7 @@ from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
 from activeseg import train
-from activeseg.config import Config, TrainConfig, validate, with_overrides
+from activeseg.config import Config, TrainConfig, with_overrides
 from activeseg.errors import UserError
 from activeseg.runtime import Runtime, torch_generator
 from activeseg.train import (
@@ -30,6 +30,7 @@ from activeseg.train import (
     make_optimizer,
     predict,
 )
+from activeseg.validation import validate
 
 
 def small_fit(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import TINY_3D
 
-from activeseg.config import validate, with_overrides
+from activeseg.config import with_overrides
 from activeseg.data.prepare import prepare
 from activeseg.data.volume_phantom import make_volume_phantom
 from activeseg.data.volumes import (
@@ -29,6 +29,7 @@ from activeseg.data.volumes import (
 )
 from activeseg.errors import UserError
 from activeseg.presets import preset
+from activeseg.validation import validate
 
 MSD_HIPPOCAMPUS = Path(__file__).resolve().parents[1].parent / "shared/data/msd_hippocampus"
 if not MSD_HIPPOCAMPUS.is_dir():

@@ -17,12 +17,13 @@ import time
 import numpy as np
 import torch
 
-from activeseg.config import parse_assignments, validate, with_overrides
+from activeseg.config import parse_assignments, with_overrides
 from activeseg.data.prepare import prepare
 from activeseg.model import output_channels, seeded_unet
 from activeseg.presets import preset
 from activeseg.runtime import derive_seed, resolve, torch_generator
 from activeseg.train import Labelled, evaluate, fit
+from activeseg.validation import validate
 
 
 def main() -> None:

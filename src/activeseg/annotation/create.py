@@ -29,7 +29,7 @@ from activeseg.annotation.state import (
     State,
     state_to_json,
 )
-from activeseg.config import Config, save_yaml, to_dict, validate, with_overrides
+from activeseg.config import Config, save_yaml, to_dict, with_overrides
 from activeseg.console import progress_bar
 from activeseg.data.images import (
     IMAGE_SUFFIXES,
@@ -47,6 +47,7 @@ from activeseg.learners import read_checkpoint
 from activeseg.modelfiles import read_model_file
 from activeseg.presets import preset
 from activeseg.runtime import resolve
+from activeseg.validation import validate
 
 
 def init_project(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from activeseg.acquisition import strategies_of
 from activeseg.acquisition.registry import registered_here
-from activeseg.config import Config, validate
+from activeseg.config import Config
 from activeseg.console import LOG_FILE, LogFile, echo, logged_warnings, progress_bar, tee
 from activeseg.data.prepare import Prepared, prepare
 from activeseg.environment import ENVIRONMENT_FILE, describe, record_environment
@@ -33,6 +33,7 @@ from activeseg.simulation.tasks import (
     pack,
     pending_tasks,
 )
+from activeseg.validation import validate
 
 
 def simulate(
