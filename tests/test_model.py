@@ -238,6 +238,35 @@ def test_cached_mc_passes_equal_full_mc_passes_with_the_same_masks() -> None:
     assert not torch.allclose(full[0], full[1])  # the passes differ: masks were applied
 
 
+def test_patches_sharing_cached_passes_get_the_masks_each_gets_alone() -> None:
+    """forward_cached of several images with one generator each (patch-major rows) equals
+    each image's passes alone with its generator: scoring may group patches freely."""
+    model = warmed_up().eval()
+    x = batch(4, n=3)
+    fmt = torch.contiguous_format
+    with torch.no_grad(), mc_dropout(model, [torch_generator(s) for s in (7, 8, 9)]):
+        together = model.forward_cached(model.stem_cache(x), 4, fmt)
+    alone = []
+    for i, s in enumerate((7, 8, 9)):
+        with torch.no_grad(), mc_dropout(model, torch_generator(s)):
+            alone.append(model.forward_cached(model.stem_cache(x[i : i + 1]), 4, fmt))
+    torch.testing.assert_close(together, torch.cat(alone), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(alone[0], alone[1])  # the images' passes differ
+
+
+def test_dropout_with_one_generator_per_block_of_rows() -> None:
+    drop = MCDropout(0.5, channelwise=True).train()
+    x = torch.ones(6, 4, 3, 3)
+    drop.generator = [torch_generator(1), torch_generator(2)]
+    blocks = drop(x)
+    for rows, seed in ((slice(0, 3), 1), (slice(3, 6), 2)):
+        drop.generator = torch_generator(seed)
+        assert torch.equal(blocks[rows], drop(x[rows]))
+    drop.generator = [torch_generator(1)] * 4
+    with pytest.raises(ValueError, match="6 rows do not split into 4"):
+        drop(x)
+
+
 def test_the_top_block_tail_and_output_layer_run_in_fp32_under_autocast() -> None:
     model = warmed_up().eval()
     seen: dict[str, torch.dtype] = {}

@@ -115,6 +115,23 @@ def test_each_patch_is_seeded_by_its_id_not_its_position(
     assert torch.equal(relabelled.std[1:], full.std[1:])
 
 
+def test_patches_scored_in_shared_passes_equal_patches_scored_alone(
+    trained: Trained, phantom: Phantom, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from activeseg import scoring
+
+    images = phantom.images[phantom.test[:5]]
+    ids = [4, 2, 8, 6, 0]
+    shared = score(trained.model, images, ids, runtime, samples=5, batch=2)
+    monkeypatch.setattr(scoring, "PASS_PIXELS", 0)  # one patch per pass
+    alone = score(trained.model, images, ids, runtime, samples=5, batch=2)
+    monkeypatch.setattr(scoring, "PASS_PIXELS", 2 * 2 * images[0].numel())  # 2, 2 and 1
+    uneven = score(trained.model, images, ids, runtime, samples=5, batch=2)
+    for other in (alone, uneven):
+        torch.testing.assert_close(shared.mean, other.mean, atol=1e-6, rtol=0)
+        torch.testing.assert_close(shared.std, other.std, atol=1e-6, rtol=0)
+
+
 def test_without_dropout_the_std_is_exactly_zero(phantom: Phantom, runtime: Runtime) -> None:
     model = make_unet(dropout=0.0)
     images = phantom.images[phantom.test[:3]]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
@@ -36,10 +36,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+Generators = torch.Generator | Sequence[torch.Generator]
+"""Where dropout masks come from: one generator, or one per equal block of the batch's rows."""
+
+
 class MCDropout(nn.Module):
     """Dropout drawing its masks from ``self.generator``: element-wise, or with
     ``channelwise`` one draw per channel (as :class:`torch.nn.Dropout2d` / ``Dropout3d``).
 
+    ``self.generator`` may be a sequence of G generators: the batch is then G equal blocks of
+    rows and block g draws its mask from generator g exactly as it would alone (how several
+    patches share one MC forward pass with the masks each would get on its own).
     Active when the module is training or when ``self.mc`` is set (MC-dropout inference);
     active without a generator it raises instead of drawing from the global RNG.
     """
@@ -51,7 +58,7 @@ class MCDropout(nn.Module):
         self.p = p
         self.channelwise = channelwise
         self.mc = False
-        self.generator: torch.Generator | None = None
+        self.generator: Generators | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0 or not (self.training or self.mc):
@@ -61,10 +68,16 @@ class MCDropout(nn.Module):
                 "dropout is active but has no generator; run the model inside seeded_dropout() "
                 "or mc_dropout() (masks never come from the global RNG)"
             )
-        if self.channelwise:
-            shape = (*x.shape[:2], *([1] * (x.ndim - 2)))  # [B, C, 1, ...]
-            return x * fast_keep_mask(x.new_empty(shape), 1.0 - self.p, self.generator)
-        return x * fast_keep_mask(x, 1.0 - self.p, self.generator)
+        shape = (*x.shape[:2], *([1] * (x.ndim - 2))) if self.channelwise else x.shape
+        mask = x.new_empty(shape) if self.channelwise else torch.empty_like(x)
+        generators = self.generator
+        if isinstance(generators, torch.Generator):
+            generators = [generators]
+        if len(x) % len(generators):
+            raise ValueError(f"{len(x)} rows do not split into {len(generators)} equal blocks")
+        for block, generator in zip(mask.chunk(len(generators)), generators, strict=True):
+            fast_keep_mask(block, 1.0 - self.p, generator, out=block)
+        return x * mask
 
     def extra_repr(self) -> str:
         return f"p={self.p}" + (", channelwise" if self.channelwise else "")
@@ -88,9 +101,12 @@ def patch_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
-def fast_keep_mask(x: torch.Tensor, keep: float, generator: torch.Generator) -> torch.Tensor:
-    """Inverted-dropout mask like ``x`` (dtype and memory layout): ``1 / keep`` with
-    probability ``round(keep * 2**16) / 2**16`` (``keep`` to within 8e-6), else 0.
+def fast_keep_mask(
+    x: torch.Tensor, keep: float, generator: torch.Generator, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Inverted-dropout mask like ``x`` (dtype and memory layout; written into ``out`` if
+    given, which may be ``x``): ``1 / keep`` with probability ``round(keep * 2**16) / 2**16``
+    (``keep`` to within 8e-6), else 0.
 
     Each element compares 16 random bits with a threshold; three such fields come from one
     63-bit draw, several times faster on a CPU than ``bernoulli_`` (one float draw per
@@ -100,7 +116,8 @@ def fast_keep_mask(x: torch.Tensor, keep: float, generator: torch.Generator) -> 
     words = torch.empty(-(-n // 3), dtype=torch.int64, device=x.device).random_(generator=generator)
     fields = words.view(torch.int16).view(-1, 4)[:, _LOW_FIELDS].reshape(-1)[:n]  # uniform int16
     threshold = round(keep * 2**16) - 2**15
-    return torch.empty_like(x).copy_((fields < threshold).view(x.shape)).mul_(1.0 / keep)
+    out = torch.empty_like(x) if out is None else out
+    return out.copy_((fields < threshold).view(x.shape)).mul_(1.0 / keep)
 
 
 # The three 16-bit fields of an int64 below its sign field (whose top bit is always 0).
@@ -264,11 +281,12 @@ class UNet(nn.Module):
     def forward_cached(
         self, cache: StemCache, samples: int, memory_format: torch.memory_format
     ) -> torch.Tensor:
-        """Logits ``[samples * B, out_channels, *S]`` of ``samples`` stochastic passes of
-        each image of ``cache`` (sample-major: row ``t * B + b``), computing only what
+        """Logits ``[B * samples, out_channels, *S]`` of ``samples`` stochastic passes of
+        each image of ``cache`` (patch-major: row ``b * samples + t``, so with one generator
+        per image the masks of image b are those it would get alone), computing only what
         depends on the dropout masks."""
         pooled = cache.pooled
-        x = pooled.expand(samples, *pooled.shape).flatten(0, 1)
+        x = pooled.repeat_interleave(samples, dim=0)
         first = cast(nn.Sequential, cast(nn.Sequential, self.down[0])[1:])
         x = inference(first, x.contiguous(memory_format=memory_format))
         skips = [x]
@@ -281,7 +299,7 @@ class UNet(nn.Module):
         top = cast(nn.Conv2d, self._top_block[0])
         half = top.in_channels // 2
         x = top._conv_forward(self.up[-1](x), top.weight[:, :half].contiguous(), top.bias)
-        x = x.unflatten(0, (samples, -1)).add_(cache.top_skip).flatten(0, 1)
+        x = x.unflatten(0, (-1, samples)).add_(cache.top_skip[:, None]).flatten(0, 1)
         return self._top_tail(self._top_block[1](x), fused=True)
 
     def _top_tail(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
@@ -438,8 +456,9 @@ def dropout_modules(model: nn.Module) -> list[MCDropout]:
 
 
 @contextmanager
-def seeded_dropout(model: nn.Module, generator: torch.Generator | None) -> Iterator[None]:
-    """Draw the model's dropout masks from ``generator`` inside the block."""
+def seeded_dropout(model: nn.Module, generator: Generators | None) -> Iterator[None]:
+    """Draw the model's dropout masks from ``generator`` inside the block (one, or one per
+    equal block of rows: see :class:`MCDropout`)."""
     modules = dropout_modules(model)
     previous = [m.generator for m in modules]
     for m in modules:
@@ -452,7 +471,7 @@ def seeded_dropout(model: nn.Module, generator: torch.Generator | None) -> Itera
 
 
 @contextmanager
-def mc_dropout(model: nn.Module, generator: torch.Generator | None) -> Iterator[None]:
+def mc_dropout(model: nn.Module, generator: Generators | None) -> Iterator[None]:
     """Evaluation mode (BatchNorm frozen) with stochastic dropout drawn from ``generator``."""
     was_training = model.training
     model.eval()
