@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 Generators = torch.Generator | Sequence[torch.Generator]
 """Where dropout masks come from: one generator, or one per equal block of the batch's rows."""
 
