@@ -1,7 +1,7 @@
-"""MC scoring at T = 50 on 128² phantom patches, the paper network (4 patches) and the `cpu`
-preset's (16): activeseg (fp32, bf16) against a naive fp32 loop and baal 2.1 (default and
-MCCachingModule), the rows of `activeseg bench` alone, with the matmul peaks and the load
-average before and after. Not run by CI.
+"""MC scoring at T = 50 on phantom patches, the paper network (4 patches of 128²) and the
+`cpu` preset's (48 of the preset's patch size): activeseg (fp32, bf16) against a naive fp32
+loop and baal 2.1 (default and MCCachingModule), the rows of `activeseg bench` alone, with
+the matmul peaks and the load average before and after. Not run by CI.
 
     python benchmarks/mc_t50.py OUT.json
 """
@@ -20,8 +20,9 @@ peaks = {"fp32": matmul_peak(torch.float32, 2048), "bf16": matmul_peak(torch.bfl
 print("peaks", peaks)
 ctx = Context(FULL, peaks, print)
 out = {"peaks": peaks}
-for name, d, f, pool in (("paper", 5, 32, FULL.paper_pool), ("cpu", 4, 8, FULL.pool)):
-    rows = bench_mc(ctx, name, make_net(d, f), pool, True)
+nets = (("paper", 5, 32, FULL.paper_pool, FULL.paper_patch), ("cpu", 4, 8, FULL.pool, FULL.patch))
+for name, d, f, pool, patch in nets:
+    rows = bench_mc(ctx, name, make_net(d, f), pool, patch, True)
     best = rows["activeseg bf16"]["seconds"]
     out[name] = {k: r["seconds"] for k, r in rows.items()}
     for k, r in rows.items():

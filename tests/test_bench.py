@@ -49,6 +49,9 @@ def test_quick_bench_prints_a_table_and_writes_every_required_key(
         "2 members, fit_members grouped",
     }
     assert result["committee_fit_members_time_vs_one_member"] > 0
+    by_patch = result["train_step_seconds_by_patch_cpu_net"]
+    assert set(by_patch) == {"8", "32"} and all(s > 0 for s in by_patch.values())
+    assert math.isfinite(result["committee_bound_sharing_fixed_cost_vs_one_member"])
     ranking = result["mc_ranking_cpu_net"]
     assert -1 <= ranking["spearman_activeseg_vs_plain"] <= 1
     assert -1 <= ranking["spearman_noise_floor_plain_vs_plain"] <= 1

@@ -98,12 +98,14 @@ def have_baal() -> bool:
     return True
 
 
-def bench_mc(ctx: Context, name: str, model: UNet, pool: int, bf16: bool = True) -> dict[str, Row]:
-    """One row per method for ``pool`` patches: seconds, patches/s, peak MB, GFLOP/s,
-    fractions of the peaks, correlation of per-patch std sums with the naive loop's;
-    ``bf16``: also activeseg with bf16 autocast."""
+def bench_mc(
+    ctx: Context, name: str, model: UNet, pool: int, patch: int, bf16: bool = True
+) -> dict[str, Row]:
+    """One row per method for ``pool`` patches of ``patch`` pixels: seconds, patches/s, peak
+    MB, GFLOP/s, fractions of the peaks, correlation of per-patch std sums with the naive
+    loop's; ``bf16``: also activeseg with bf16 autocast."""
     sizes = ctx.sizes
-    images = pool_images(pool, sizes.patch)
+    images = pool_images(pool, patch)
     t = sizes.samples
     methods: dict[str, Callable[[torch.Tensor], Stats]] = {
         "naive fp32 loop": lambda x: naive_mc(model, x, t, 1),
@@ -128,6 +130,7 @@ def bench_mc(ctx: Context, name: str, model: UNet, pool: int, bf16: bool = True)
         rows[method] = {
             **rate(seconds, peak, flops, ctx.peaks),
             "patches": len(images),
+            "patch": patch,
             "patches_per_s": len(images) / seconds,
             "std_sum_correlation_with_naive": float(
                 torch.corrcoef(torch.stack([score, reference]))[0, 1]
@@ -152,14 +155,15 @@ def mc_memory_vs_samples(model: UNet, sizes: Sizes) -> dict[str, float]:
     return out
 
 
-def trained_net(depth: int, filters: int, sizes: Sizes, steps: int = 40) -> UNet:
+def trained_net(depth: int, filters: int, sizes: Sizes, patch: int, steps: int = 40) -> UNet:
     """A U-Net trained ``steps`` steps (``precision=auto``, batch ``sizes.train_batch``) on
-    phantom patches and their myelin masks: MC rankings of an untrained network are noise."""
+    phantom patches of ``patch`` pixels and their myelin masks: MC rankings of an untrained
+    network are noise."""
     from activeseg.bench.training import train_config
     from activeseg.train import Labelled, fit
 
     samples = make_phantom(n_images=4, size=256, seed=1)
-    patches = tile(samples, sizes.patch)
+    patches = tile(samples, patch)
     images = torch.from_numpy(patches.images).float()
     data = Labelled(
         (images - images.mean()) / images.std(), torch.from_numpy(patches.masks).float()
@@ -177,14 +181,15 @@ def trained_net(depth: int, filters: int, sizes: Sizes, steps: int = 40) -> UNet
     return model.eval()
 
 
-def ranking_agreement(model: UNet, sizes: Sizes, pool: int) -> dict[str, float]:
-    """Spearman correlation of the per-patch std sums of ``pool`` phantom patches (T =
+def ranking_agreement(model: UNet, sizes: Sizes, pool: int, patch: int) -> dict[str, float]:
+    """Spearman correlation of the per-patch std sums of ``pool`` phantom patches of
+    ``patch`` pixels (T =
     ``sizes.samples``): activeseg at ``precision=auto`` against a plain fp32 loop (seed 1),
     and the noise floor, the lowest of two other plain loops (seeds 2, 3) against it;
     ``within_noise_floor``: activeseg >= floor - 0.02 (the test suite's rule)."""
     from scipy.stats import spearmanr
 
-    images = pool_images(pool, sizes.patch)
+    images = pool_images(pool, patch)
     t = sizes.samples
 
     def sums(std: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from activeseg.config import ScoringConfig
 from activeseg.data.patches import tile
 from activeseg.data.phantom import make_phantom
 from activeseg.model import UNet, fusion
+from activeseg.presets import preset
 from activeseg.runtime import torch_generator
 
 
@@ -27,21 +28,37 @@ class Sizes:
 
     samples: int  # MC samples T
     pool: int  # patches scored
-    patch: int  # pixels
+    patch: int  # pixels, the cpu network's patches (the cpu preset's)
+    paper_patch: int  # pixels, the paper network's patches
     mc_batch: int  # activeseg MC samples per forward (the config default)
     baal_batch: int  # patches per baal default call (replicated T times)
     paper_pool: int  # patches scored with the paper network (0: not measured)
     train_steps: int  # training steps timed (the paper network: a quarter of them)
-    train_batch: int
+    train_batch: int  # the cpu preset's
     members: int  # committee members of the stacked-vs-separate rows
     matmul: int  # matrix side of the peak measurement
     repeats: int  # timings per method, interleaved across methods; the median is reported
     sem_overrides: dict[str, Any]
 
 
-FULL = Sizes(50, 16, 128, ScoringConfig.mc_batch, 2, 4, 20, 8, 5, 2048, 3, {})
+_CPU = preset("cpu")
+FULL = Sizes(
+    samples=50,
+    pool=48,
+    patch=_CPU.data.patch_size,
+    paper_patch=128,
+    mc_batch=ScoringConfig.mc_batch,
+    baal_batch=2,
+    paper_pool=4,
+    train_steps=40,
+    train_batch=_CPU.train.batch_size,
+    members=5,
+    matmul=2048,
+    repeats=3,
+    sem_overrides={},
+)
 QUICK_SEM = {"data.patch_size": 32, "train.epochs": 1, "scoring.mc_samples": 2, "data.n_pool": 4}
-QUICK = Sizes(4, 2, 32, 2, 1, 0, 2, 2, 2, 256, 1, QUICK_SEM)
+QUICK = Sizes(4, 2, 32, 32, 2, 1, 0, 2, 2, 2, 256, 1, QUICK_SEM)
 
 
 @dataclass(frozen=True)

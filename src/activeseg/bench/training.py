@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -81,17 +82,21 @@ def train_step_flops(model: UNet, batch: int, patch: int) -> int:
     return measure.count_flops(step)
 
 
-def training_data(sizes: measure.Sizes) -> Labelled:
-    """Phantom patches and thresholded masks, twice the batch (at least 4)."""
-    images = measure.pool_images(max(sizes.train_batch * 2, 4), sizes.patch)
+def training_data(sizes: measure.Sizes, patch: int) -> Labelled:
+    """Phantom patches of ``patch`` pixels and thresholded masks, twice the batch (at least
+    4)."""
+    images = measure.pool_images(max(sizes.train_batch * 2, 4), patch)
     return Labelled(images, (images > 0.5).float())
 
 
-def bench_train(ctx: measure.Context, name: str, model: UNet, steps: int) -> dict[str, measure.Row]:
-    """One row per method: ``steps`` training steps of batch ``ctx.sizes.train_batch``."""
+def bench_train(
+    ctx: measure.Context, name: str, model: UNet, steps: int, patch: int
+) -> dict[str, measure.Row]:
+    """One row per method: ``steps`` training steps of batch ``ctx.sizes.train_batch`` of
+    ``patch``-pixel patches."""
     sizes = ctx.sizes
-    images, masks = training_data(sizes)
-    flops = train_step_flops(model, sizes.train_batch, sizes.patch)
+    images, masks = training_data(sizes, patch)
+    flops = train_step_flops(model, sizes.train_batch, patch)
     batch = sizes.train_batch
     methods: dict[str, Callable[[int], None]] = {
         "plain fp32 NCHW": lambda s: plain_train(copy.deepcopy(model), images, masks, s, batch),
@@ -124,7 +129,7 @@ def bench_committee(
     from activeseg.committee import fit_members
 
     sizes, runtime = ctx.sizes, resolve("cpu", "auto")
-    train = training_data(sizes)
+    train = training_data(sizes, sizes.patch)
     val = Labelled(train.images[:1], train.masks[:1])
     cfg = train_config(steps, sizes.train_batch)
 
@@ -157,3 +162,25 @@ def bench_committee(
         }
         ctx.log(f"  committee: {method}: {seconds:.2f} s")
     return rows
+
+
+def step_seconds_by_patch(
+    ctx: measure.Context, depth: int, filters: int, steps: int, patches: tuple[int, ...]
+) -> dict[int, float]:
+    """Seconds per training step (:func:`~activeseg.train.fit`, ``precision=auto``, batch
+    ``ctx.sizes.train_batch``) of one network at each patch size, timed side by side. The
+    smallest patch shows the cost of a step that does not scale with the pixels (per-layer
+    calls, the optimiser): what stacking networks into one could at most share."""
+    sizes, runtime = ctx.sizes, resolve("cpu", "auto")
+    model = measure.make_net(depth, filters)
+
+    def train(data: Labelled, steps: int) -> None:
+        activeseg_train(copy.deepcopy(model), *data, steps, sizes.train_batch, runtime)
+
+    methods: dict[str, Callable[[int], None]] = {
+        str(p): functools.partial(train, training_data(sizes, p)) for p in patches
+    }
+    timed = measure.interleaved(methods, steps, 2, sizes.repeats)
+    out = {p: timed[str(p)][1] / steps for p in patches}
+    ctx.log("  train step: " + ", ".join(f"{p} px {1e3 * s:.1f} ms" for p, s in out.items()))
+    return out
