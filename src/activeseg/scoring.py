@@ -8,12 +8,16 @@ decoder convolution, :meth:`activeseg.model.UNet.stem_cache`) is computed once p
 and reused for all samples; any other network runs whole passes. Samples run ``mc_batch``
 at a time and only a running sum and sum of squares (float64) are kept, so memory does not
 grow with ``T``. Small patches share a forward pass (up to :data:`PASS_PIXELS` pixels of
-samples in all): the per-call cost of a network's layers then amortises over several patches.
+samples and :data:`PASS_PATCHES` patches): the per-call cost of a network's layers then
+amortises over several patches.
 
 Every patch draws its dropout masks from its own generator seeded by ``(seed, patch id)``,
 also when it shares a pass (:class:`~activeseg.model.MCDropout` with one generator per
-patch): its statistics do not depend on which other patches are scored with it or in which
-order.
+patch), and every pass holds the same number of patches (the last one padded with copies
+of its last patch, whose statistics are dropped): the convolution algorithms, which a
+library may choose by batch size, are the same for every pass, so a patch's statistics are
+bit for bit the same whichever patches share its pass, in whatever order, and however a
+pool is split into calls, chunks or shards.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from activeseg.model import UNet, dropout_modules, mc_dropout, probabilities
 from activeseg.runtime import Runtime, derive_seed, torch_generator
 
 SAMPLE_AXIS = 0  # the MC-sample axis of a per-patch batch of stochastic outputs
-# Patches share an MC forward pass up to this many pixels (voxels) of samples: 1.8x faster
-# scoring of 64^2 patches (cpu preset, T = 20, mc_batch 10: 6 patches per pass); twice as
-# many made passes of the paper network on 128^2 patches 10 % slower (benchmarks/README.md).
+# Patches share an MC forward pass up to this many pixels (voxels) of samples and at most
+# PASS_PATCHES of them: 1.7x faster scoring of 64^2 patches (cpu preset, T = 20, mc_batch
+# 10: 6 patches per pass); twice the pixels made passes of the paper network on 128^2
+# patches 10 % slower (benchmarks/README.md).
 PASS_PIXELS = 2**18
+PASS_PATCHES = 8
 
 
 def class_probabilities(p: torch.Tensor) -> torch.Tensor:
@@ -67,6 +73,11 @@ class McStats:
 
     def __len__(self) -> int:
         return self.mean.shape[0]
+
+    def first(self, n: int) -> McStats:
+        """The statistics of the first ``n`` patches."""
+        entropy = None if self.expected_entropy is None else self.expected_entropy[:n]
+        return McStats(self.mean[:n], self.std[:n], self.samples, entropy)
 
 
 class Moments:
@@ -141,17 +152,23 @@ def mc_statistics(
         )
     with torch.inference_mode(False):  # weights converted here must stay trainable tensors
         runtime.place(model)
-    per_pass = max(1, PASS_PIXELS // (min(batch, samples) * images[0].numel()))
+    pixels = min(batch, samples) * images[0].numel()
+    per_pass = min(max(1, PASS_PIXELS // pixels), PASS_PATCHES)
+    padding = torch_generator(0, runtime.device)  # masks of the padding copies
     parts = []
     bar = progress_bar(total=len(images), desc="MC scoring", leave=False, enabled=progress)
     with runtime.autocast():
         for start in range(0, len(images), per_pass):
-            group = slice(start, start + per_pass)
+            group = images[start : start + per_pass]
             generators = [
-                torch_generator(derive_seed(seed, int(pid)), runtime.device) for pid in ids[group]
+                torch_generator(derive_seed(seed, int(pid)), runtime.device)
+                for pid in ids[start : start + per_pass]
             ]
-            with mc_dropout(model, generators):
-                parts.append(_accumulate(model, images[group], samples, batch, runtime).stats())
+            pad = per_pass - len(group)
+            group = torch.cat([group, group[-1:].expand(pad, *group.shape[1:])])
+            with mc_dropout(model, generators + [padding] * pad):
+                stats = _accumulate(model, group, samples, batch, runtime).stats()
+            parts.append(stats.first(len(generators)))
             bar.update(len(generators))
     bar.close()
     return concat(parts)
