@@ -15,12 +15,15 @@ from activeseg.model import (
     BatchNorm2d,
     BatchNorm3d,
     MCDropout,
+    PointwiseConv,
     UNet,
     dropout_modules,
     fast_keep_mask,
+    fold_batch_norm,
     fusion,
     inference,
     mc_dropout,
+    pointwise,
     probabilities,
     seeded_dropout,
 )
@@ -252,6 +255,20 @@ def test_patches_sharing_cached_passes_get_the_masks_each_gets_alone() -> None:
             alone.append(model.forward_cached(model.stem_cache(x[i : i + 1]), 4, fmt))
     torch.testing.assert_close(together, torch.cat(alone), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(alone[0], alone[1])  # the images' passes differ
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_a_frozen_batch_norm_folds_into_the_following_1x1_convolution(dims: int) -> None:
+    g = torch_generator(0)
+    norm = (BatchNorm2d if dims == 2 else BatchNorm3d)(6)
+    layer = (PointwiseConv(6, 3, 1) if dims == 2 else nn.Conv3d(6, 3, 1)).requires_grad_(False)
+    for t in (norm.weight, norm.bias, norm.running_mean):
+        t.data = torch.randn(6, generator=g)
+    norm.running_var = torch.rand(6, generator=g) + 0.1
+    y = torch.randn(2, 6, *([5] * dims), generator=g)
+    with torch.no_grad():
+        expected = layer(norm.eval()(y))
+        torch.testing.assert_close(pointwise(y, *fold_batch_norm(norm, layer)), expected)
 
 
 def test_dropout_with_one_generator_per_block_of_rows() -> None:

@@ -16,10 +16,12 @@ an explicit ``torch.Generator`` so that runs are reproducible without global RNG
 MC inference (:meth:`UNet.stem_cache`, :meth:`UNet.forward_cached`) computes what does not
 depend on the dropout masks once per image: the first level, its max-pool, and the skip half
 of the top decoder convolution (a convolution of a concatenation is the sum of the
-convolutions of its parts). Under bf16 autocast the top decoder block's last convolution, its
-BatchNorm and the output layer run in fp32 (bf16 there biased the std maps by about 5 %).
-On a CPU, MC inference runs each 2D convolution and its ReLU as one oneDNN call
-(:func:`inference`).
+convolutions of its parts). Under bf16 autocast the output layer runs in fp32, and so do the
+top decoder block's last convolution and BatchNorm in training and plain inference; in MC
+inference that convolution runs in bf16 with its result in fp32, and the frozen BatchNorm is
+folded into the output layer (:func:`fold_batch_norm`; 1.3x faster MC scoring of the paper
+network, std sums within 0.2 % of fp32's on trained networks). On a CPU, MC inference runs
+each 2D convolution and its ReLU as one oneDNN call (:func:`inference`).
 """
 
 from __future__ import annotations
@@ -123,13 +125,39 @@ def fast_keep_mask(
 _LOW_FIELDS = slice(0, 3) if sys.byteorder == "little" else slice(1, 4)
 
 
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 1x1(x1) convolution of ``x`` ``[B, C, *S]`` with ``weight`` ``[out, C]`` as a matmul
+    over the channels -> ``[B, out, *S]``."""
+    return F.linear(x.movedim(1, -1), weight, bias).movedim(-1, 1)
+
+
 class PointwiseConv(nn.Conv2d):
-    """A 1x1 convolution computed as a matmul over the channels (as a convolution,
-    channels-last inputs took a slow im2col path: 2.5 % of MC scoring time)."""
+    """A 1x1 convolution computed as a matmul over the channels (:func:`pointwise`; as a
+    convolution, channels-last inputs took a slow im2col path: 2.5 % of MC scoring time)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.flatten(1)  # [out, in]
-        return F.linear(x.movedim(1, -1), weight, self.bias).movedim(-1, 1)
+        return pointwise(x, self.weight.flatten(1), self.bias)
+
+
+def fold_batch_norm(
+    norm: nn.modules.batchnorm._BatchNorm, layer: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight ``[out, C]`` and bias ``[out]`` of the 1x1 convolution ``layer`` applied after
+    the frozen BatchNorm ``norm`` (running statistics), as one layer: ``layer(norm(y)) =
+    pointwise(y, weight, bias)``."""
+    if norm.running_var is None or norm.running_mean is None:
+        raise ValueError("fold_batch_norm needs a BatchNorm with running statistics")
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    weight = cast(torch.Tensor, layer.weight).flatten(1)
+    bias = weight @ shift
+    if layer.bias is not None:
+        bias = bias + cast(torch.Tensor, layer.bias)
+    return weight * scale, bias
 
 
 NARROW_CHANNELS = 16  # below this, BatchNorm trains in the contiguous layout (see below)
@@ -303,10 +331,16 @@ class UNet(nn.Module):
 
     def _top_tail(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
         """The top decoder block's last convolution, ReLU and BatchNorm and the output layer,
-        in fp32 even under autocast (``fused``: inference with :func:`inference`)."""
+        in fp32 even under autocast; ``fused`` (MC inference, BatchNorm frozen): the
+        convolution and its ReLU in autocast's dtype by :func:`inference`, the rest as one
+        fp32 layer (:func:`fold_batch_norm`)."""
+        if fused:
+            y = inference(cast(nn.Sequential, self._top_block[2:4]), x).float()
+            norm = cast(nn.modules.batchnorm._BatchNorm, self._top_block[4])
+            with torch.autocast(x.device.type, enabled=False):
+                return pointwise(y, *fold_batch_norm(norm, self.head))
         with torch.autocast(x.device.type, enabled=False):
-            tail = cast(nn.Sequential, self._top_block[2:])
-            return self.head(inference(tail, x.float()) if fused else tail(x.float()))
+            return self.head(cast(nn.Sequential, self._top_block[2:])(x.float()))
 
     @property
     def _top_block(self) -> nn.Sequential:
