@@ -12,7 +12,7 @@ section (``"complete": false`` until the last one), so a run cut short keeps wha
   batch replicated T times in memory) and with ``MCCachingModule`` (T calls, the layers
   before the first dropout cached). Seconds (the median of the timings per method, taken
   round-robin over the methods), patches/s, peak resident memory above the start, executed
-  GFLOP/s (FLOPs counted by :class:`torch.utils.flop_counter.FlopCounterMode` on one patch)
+  GFLOP/s (FLOPs counted by :class:`torch.utils.flop_counter.FlopCounterMode` over the pool)
   as a fraction of both peaks, and the correlation of the per-patch std sums with the naive
   loop's. On a trained network (the paper's), the Spearman correlation of activeseg's
   per-patch std sums with a plain fp32 loop's, next to the noise floor of two more plain
