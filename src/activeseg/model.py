@@ -19,8 +19,8 @@ of the top decoder convolution (a convolution of a concatenation is the sum of t
 convolutions of its parts). Under bf16 autocast the output layer runs in fp32, and so do the
 top decoder block's last convolution and BatchNorm in training and plain inference; in MC
 inference that convolution runs in bf16 with its result in fp32, and the frozen BatchNorm is
-folded into the output layer (:func:`fold_batch_norm`; 1.3x faster MC scoring of the paper
-network, std sums within 0.2 % of fp32's on trained networks). On a CPU, MC inference runs
+folded into the output layer (:func:`fold_batch_norm`; MC scoring of the paper network
+1.2-1.3x faster, std sums within 0.2 % of fp32's on trained networks). On a CPU, MC inference runs
 each 2D convolution and its ReLU as one oneDNN call (:func:`inference`).
 """
 
