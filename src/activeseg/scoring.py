@@ -165,7 +165,8 @@ def mc_statistics(
                 for pid in ids[start : start + per_pass]
             ]
             pad = per_pass - len(group)
-            group = torch.cat([group, group[-1:].expand(pad, *group.shape[1:])])
+            if pad:
+                group = torch.cat([group, group[-1:].expand(pad, *group.shape[1:])])
             with mc_dropout(model, generators + [padding] * pad):
                 stats = _accumulate(model, group, samples, batch, runtime).stats()
             parts.append(stats.first(len(generators)))

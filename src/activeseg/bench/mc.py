@@ -183,10 +183,9 @@ def trained_net(depth: int, filters: int, sizes: Sizes, patch: int, steps: int =
 
 def ranking_agreement(model: UNet, sizes: Sizes, pool: int, patch: int) -> dict[str, float]:
     """Spearman correlation of the per-patch std sums of ``pool`` phantom patches of
-    ``patch`` pixels (T =
-    ``sizes.samples``): activeseg at ``precision=auto`` against a plain fp32 loop (seed 1),
-    and the noise floor, the lowest of two other plain loops (seeds 2, 3) against it;
-    ``within_noise_floor``: activeseg >= floor - 0.02 (the test suite's rule)."""
+    ``patch`` pixels (T = ``sizes.samples``): activeseg at ``precision=auto`` against a plain
+    fp32 loop (seed 1), and the noise floor, the lowest of two other plain loops (seeds 2, 3)
+    against it; ``within_noise_floor``: activeseg >= floor - 0.02 (the test suite's rule)."""
     from scipy.stats import spearmanr
 
     images = pool_images(pool, patch)
